@@ -1,0 +1,34 @@
+"""LiveDesk platform: the infrastructure every service shares.
+
+Only infrastructure lives here (settings, logging, tracing, the event bus,
+PostgreSQL/Redis plumbing, health, metrics, runtime); never domain logic.
+
+Exceptions raised by this package all derive from :class:`PlatformError`::
+
+    PlatformError
+    ├── ConfigError          a bad or missing environment variable
+    ├── BusError
+    │   ├── PublishError     the broker did not confirm (or returned) an event
+    │   └── DecodeError      a body that is not a valid LiveDesk envelope
+    └── DependencyError      a server we need did not answer at start-up
+"""
+
+from __future__ import annotations
+
+from livedesk.platform.errors import (
+    BusError,
+    ConfigError,
+    DecodeError,
+    DependencyError,
+    PlatformError,
+    PublishError,
+)
+
+__all__ = [
+    "BusError",
+    "ConfigError",
+    "DecodeError",
+    "DependencyError",
+    "PlatformError",
+    "PublishError",
+]

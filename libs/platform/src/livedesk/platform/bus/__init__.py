@@ -1,0 +1,47 @@
+"""The LiveDesk event bus on RabbitMQ (aio-pika).
+
+- One durable topic exchange; routing key = event type; body = protobuf Envelope.
+- :class:`EventPublisher`: persistent, mandatory, publisher-confirmed; raises
+  :class:`~livedesk.platform.errors.PublishError` for anything not confirmed.
+- :class:`EventConsumer`: a durable quorum queue per consuming service, manual
+  ack after the handler, bounded prefetch, delayed bounded retries, and a
+  dead-letter queue for poison events.
+- :class:`PgIdempotency` makes a handler run once per ``event_id``.
+- :class:`Outbox` / :class:`OutboxRelay`: events written in the same PostgreSQL
+  transaction as the state they describe, then published with confirms.
+"""
+
+from __future__ import annotations
+
+from livedesk.platform.bus.connection import connect
+from livedesk.platform.bus.consumer import DUPLICATE, EventConsumer, Handler
+from livedesk.platform.bus.envelope import (
+    Envelope,
+    decode,
+    encode,
+    event_type_of,
+    new_event,
+    payload_of,
+)
+from livedesk.platform.bus.idempotency import PgIdempotency
+from livedesk.platform.bus.outbox import Outbox, OutboxRelay
+from livedesk.platform.bus.publisher import EventPublisher
+from livedesk.platform.bus.topology import QueueTopology
+
+__all__ = [
+    "DUPLICATE",
+    "Envelope",
+    "EventConsumer",
+    "EventPublisher",
+    "Handler",
+    "Outbox",
+    "OutboxRelay",
+    "PgIdempotency",
+    "QueueTopology",
+    "connect",
+    "decode",
+    "encode",
+    "event_type_of",
+    "new_event",
+    "payload_of",
+]

@@ -1,0 +1,31 @@
+"""Connecting to RabbitMQ: fail fast on the first connect, reconnect forever after."""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+
+from livedesk.platform.errors import DependencyError
+
+__all__ = ["connect"]
+
+
+async def connect(url: str, name: str, timeout: float = 10.0) -> AbstractRobustConnection:
+    """A robust connection named ``name`` (shown in the broker's UI).
+
+    Raises:
+        DependencyError: the broker did not accept the first connection.
+    """
+    try:
+        return await aio_pika.connect_robust(
+            url, timeout=timeout, client_properties={"connection_name": name}
+        )
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise DependencyError(f"RabbitMQ at {_redact(url)} unreachable: {exc!r}") from exc
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

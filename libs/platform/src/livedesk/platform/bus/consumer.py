@@ -1,0 +1,247 @@
+"""Consuming events: ack on success, delayed bounded retries, dead-letter for poison.
+
+Outcomes of one delivery:
+
+- decoded and handled            -> ack                      (``ok`` / ``duplicate``)
+- handler raised, retries left   -> copy to ``Q.retry.N``, ack (``retry``)
+- handler raised, none left      -> copy to ``Q.dlq``, ack    (``dead_letter``)
+- body is not a valid envelope   -> copy to ``Q.dlq``, ack    (``dead_letter``)
+- process dies before the ack    -> the broker redelivers it to the next consumer
+
+Each copy is publisher-confirmed before the original is acked, so an event
+is never lost between queues; at worst it is handled twice, which the
+idempotency helper absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from livedesk.platform.bus.envelope import Envelope, decode
+from livedesk.platform.bus.topology import QueueTopology
+from livedesk.platform.errors import DecodeError
+from livedesk.platform.logging import get_logger
+from livedesk.platform.metrics import BUS_CONSUMED, BUS_HANDLER_SECONDS
+from livedesk.platform.tracing import trace_context
+
+__all__ = ["ATTEMPT_HEADER", "DUPLICATE", "EventConsumer", "Handler"]
+
+log = get_logger("livedesk.bus.consumer")
+
+Handler = Callable[[Envelope], Awaitable[object]]
+"""Handles one event; raising means "failed, retry". Return DUPLICATE when skipped."""
+
+DUPLICATE: Final = "duplicate"
+ATTEMPT_HEADER: Final = "x-livedesk-attempt"
+REASON_HEADER: Final = "x-livedesk-dead-reason"
+ERROR_HEADER: Final = "x-livedesk-error"
+
+
+class EventConsumer:
+    """Feeds the events bound to one service's quorum queue to a handler.
+
+    Args:
+        connection: a robust connection; consumers are restored after reconnects.
+        exchange_name: the topic exchange events are published to.
+        topology: names and limits of this service's queues.
+        event_types: routing keys to bind (``conversation.*`` patterns allowed).
+        handler: called once per delivery.
+        prefetch: unacked deliveries the broker may push at once.
+        concurrency: handlers running at once; 1 keeps the queue's order.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        *,
+        exchange_name: str,
+        topology: QueueTopology,
+        event_types: Sequence[str],
+        handler: Handler,
+        prefetch: int = 64,
+        concurrency: int = 1,
+    ) -> None:
+        if not event_types:
+            raise ValueError("a consumer must bind at least one event type")
+        self._connection = connection
+        self._exchange_name = exchange_name
+        self.topology = topology
+        self._event_types = tuple(event_types)
+        self._handler = handler
+        self._prefetch = prefetch
+        self._concurrency = concurrency
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy = 0
+        self._idle_event = asyncio.Event()
+        self._idle_event.set()
+
+    async def start(self) -> None:
+        """Declare the exchange and queues, bind, and start consuming."""
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        exchange = await channel.declare_exchange(
+            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        topo = self.topology
+        await channel.declare_queue(
+            topo.dead_letter, durable=True, arguments=topo.dead_letter_arguments()
+        )
+        for attempt in range(len(topo.retry_delays_ms)):
+            await channel.declare_queue(
+                topo.retry(attempt), durable=True, arguments=topo.retry_arguments(attempt)
+            )
+        queue = await channel.declare_queue(
+            topo.name, durable=True, arguments=topo.main_arguments()
+        )
+        for event_type in self._event_types:
+            await queue.bind(exchange, routing_key=event_type)
+        self._channel, self._queue = channel, queue
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"consumer:{topo.name}:{i}")
+            for i in range(self._concurrency)
+        ]
+        self._tag = await queue.consume(self._receive)
+        log.info("consumer_started", queue=topo.name, types=list(self._event_types))
+
+    async def _receive(self, message: AbstractIncomingMessage) -> None:
+        # aiormq calls this in a new task per delivery, in delivery order; the
+        # inbox hands them to the workers in that same order.
+        self._inbox.put_nowait(message)
+
+    async def _work(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            self._busy += 1
+            self._idle_event.clear()
+            try:
+                await self._process(message)
+            except Exception:  # a broken channel while acking: the broker redelivers
+                log.warning("delivery_not_settled", queue=self.topology.name, exc_info=True)
+            finally:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle_event.set()
+                self._inbox.task_done()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        queue = self.topology.name
+        try:
+            env = decode(message.body)
+        except DecodeError as exc:
+            with trace_context(_header(message, "traceparent")):
+                log.error("event_undecodable", queue=queue, error=str(exc))
+                await self._forward(message, self.topology.dead_letter, "undecodable", str(exc))
+            BUS_CONSUMED.labels(queue, message.type or "unknown", "dead_letter").inc()
+            return
+
+        with trace_context(env.traceparent, event_id=env.event_id, event_type=env.type):
+            start = time.perf_counter()
+            try:
+                result = await self._handler(env)
+            except Exception as exc:
+                BUS_HANDLER_SECONDS.labels(queue).observe(time.perf_counter() - start)
+                await self._failed(message, env, exc)
+                return
+            BUS_HANDLER_SECONDS.labels(queue).observe(time.perf_counter() - start)
+            await message.ack()
+            outcome = DUPLICATE if result == DUPLICATE else "ok"
+            BUS_CONSUMED.labels(queue, env.type, outcome).inc()
+            log.debug("event_handled", queue=queue, outcome=outcome)
+
+    async def _failed(
+        self, message: AbstractIncomingMessage, env: Envelope, exc: Exception
+    ) -> None:
+        queue = self.topology.name
+        attempt = _attempt(message)
+        error = f"{type(exc).__name__}: {exc}"
+        if attempt < len(self.topology.retry_delays_ms):
+            log.warning("event_handler_failed", queue=queue, attempt=attempt, error=error)
+            await self._forward(message, self.topology.retry(attempt), None, error, attempt + 1)
+            BUS_CONSUMED.labels(queue, env.type, "retry").inc()
+        else:
+            log.error("event_dead_lettered", queue=queue, attempts=attempt + 1, error=error)
+            await self._forward(message, self.topology.dead_letter, "handler_failed", error)
+            BUS_CONSUMED.labels(queue, env.type, "dead_letter").inc()
+
+    async def _forward(
+        self,
+        message: AbstractIncomingMessage,
+        queue_name: str,
+        reason: str | None,
+        error: str,
+        attempt: int | None = None,
+    ) -> None:
+        """Publish a confirmed copy of ``message`` to ``queue_name``, then ack the original."""
+        assert self._channel is not None
+        headers: dict[str, Any] = {
+            k: v for k, v in (message.headers or {}).items() if not k.startswith("x-death")
+        }
+        headers[ERROR_HEADER] = error[:1000]
+        if reason is not None:
+            headers[REASON_HEADER] = reason
+        if attempt is not None:
+            headers[ATTEMPT_HEADER] = attempt
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type=message.content_type,
+            type=message.type,
+            message_id=message.message_id,
+            app_id=message.app_id,
+            timestamp=message.timestamp,
+        )
+        await self._channel.default_exchange.publish(copy, routing_key=queue_name, mandatory=True)
+        await message.ack()
+
+    @property
+    def idle(self) -> bool:
+        """True when no delivery is waiting or being handled."""
+        return self._busy == 0 and self._inbox.empty()
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop taking deliveries, let in-flight handlers finish, close the channel.
+
+        Deliveries prefetched but not yet handled are returned to the queue
+        by the broker when the channel closes.
+        """
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle_event.wait(), drain_timeout)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        log.info("consumer_stopped", queue=self.topology.name)
+
+
+def _header(message: AbstractIncomingMessage, name: str) -> str | None:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value if isinstance(value, str) else None
+
+
+def _attempt(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+    return value if isinstance(value, int) and value >= 0 else 0

@@ -1,0 +1,165 @@
+"""Transactional outbox: an event commits with the state it describes, then is relayed.
+
+Writers call :meth:`Outbox.add` inside their own transaction. The
+:class:`OutboxRelay` (one active per database, chosen by an advisory lock)
+publishes committed rows in id order with confirms and deletes them only
+after the broker confirmed. While RabbitMQ is unreachable the rows wait; the
+relay catches up when it returns. Delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from livedesk.platform.bus.envelope import Envelope, decode, encode, validate
+from livedesk.platform.bus.publisher import EventPublisher
+from livedesk.platform.errors import DecodeError, DependencyError, PublishError
+from livedesk.platform.logging import get_logger
+from livedesk.platform.metrics import OUTBOX_PENDING
+from livedesk.platform.postgres import Connection
+
+__all__ = ["Outbox", "OutboxRelay"]
+
+log = get_logger("livedesk.bus.outbox")
+
+CHANNEL = "livedesk_outbox"
+_RELAY_LOCK = 0x4C4445534B4F42  # "LDESKOB": one relay per database
+
+
+class Outbox:
+    """Adds events to the outbox table of the connection's database."""
+
+    @staticmethod
+    async def add(conn: Connection, envs: Sequence[Envelope]) -> None:
+        """Queue ``envs``; they are published only if the surrounding transaction commits."""
+        for env in envs:
+            validate(env)
+        await conn.executemany(
+            "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)",
+            [(e.event_id, e.type, encode(e)) for e in envs],
+        )
+        # NOTIFY is delivered at commit, waking the relay without polling delay.
+        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+
+
+class OutboxRelay:
+    """Publishes outbox rows in order; runs until :meth:`stop`.
+
+    The publisher is made by ``connect_publisher`` when first needed, and made
+    again after it fails to connect, so a service whose broker is down still
+    starts, commits its events, and relays them once the broker is back.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        connect_publisher: Callable[[], Awaitable[EventPublisher]],
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._dsn = dsn
+        self._connect_publisher = connect_publisher
+        self._publisher: EventPublisher | None = None
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def start(self) -> None:
+        """Run the relay in the background."""
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self, flush_timeout: float = 5.0) -> None:
+        """Flush what is committed (within ``flush_timeout``), then stop."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), flush_timeout)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.close()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._lead()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox_relay_db_error", error=repr(exc))
+                await self._pause(self._retry_interval)
+
+    async def _lead(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=10)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+                # Another pod relays this database; take over if it goes away.
+                if await self._pause(self._poll_interval):
+                    return
+            await conn.add_listener(CHANNEL, self._on_notify)
+            log.info("outbox_relay_leading")
+            while True:
+                sent = await self._relay_batch(conn)
+                if sent < 0:  # broker trouble: wait, then retry the same rows
+                    if await self._pause(self._retry_interval):
+                        return
+                elif sent < self._batch_size:
+                    if self._stopping.is_set():
+                        return
+                    await self._pause(self._poll_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+    async def _relay_batch(self, conn: asyncpg.Connection) -> int:
+        self._wake.clear()
+        rows = await conn.fetch(
+            "SELECT id, body FROM outbox ORDER BY id LIMIT $1", self._batch_size
+        )
+        OUTBOX_PENDING.set(len(rows))
+        if not rows:
+            return 0
+        if self._publisher is None:
+            try:
+                self._publisher = await self._connect_publisher()
+            except DependencyError as exc:
+                log.warning("outbox_broker_unreachable", error=str(exc), pending=len(rows))
+                return -1
+        envs = []
+        for row in rows:
+            try:
+                envs.append(decode(row["body"]))
+            except DecodeError as exc:
+                # Rows are validated on insert; one that is not an event cannot be sent.
+                log.error("outbox_row_undecodable", row_id=row["id"], error=str(exc))
+        try:
+            await self._publisher.publish_many(envs)
+        except PublishError as exc:
+            log.warning("outbox_publish_failed", error=str(exc), pending=len(rows))
+            return -1
+        await conn.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+        )
+        self.published += len(rows)
+        return len(rows)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait for a notify, a stop or ``seconds``; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        return self._stopping.is_set()

@@ -1,0 +1,267 @@
+"""The event bus against the real RabbitMQ (and PostgreSQL for idempotency)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+
+from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
+from livedesk.platform.bus import (
+    DUPLICATE,
+    Envelope,
+    EventPublisher,
+    PgIdempotency,
+    connect,
+    new_event,
+    payload_of,
+)
+from livedesk.platform.bus.consumer import ATTEMPT_HEADER, REASON_HEADER
+from livedesk.platform.errors import DependencyError, PublishError
+from livedesk.platform.ids import uuid7_str
+from livedesk.platform.postgres import Connection, create_pool, migrate
+from livedesk.platform.testing import TcpProxy, wait_until
+from livedesk.platform.testing.bus import get_one, publish_raw, running_consumer
+from livedesk.platform.testing.pytest_plugin import BusNames
+from livedesk.platform.tracing import parse_traceparent, trace_context
+
+pytestmark = pytest.mark.integration
+
+TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
+
+
+def created(inbox: str = "inbox-1") -> Envelope:
+    """A conversation.created event."""
+    return new_event(
+        ConversationCreated(inbox_id=inbox),
+        tenant_id=TENANT,
+        producer="test",
+        conversation_id=uuid7_str(),
+    )
+
+
+@pytest.fixture
+async def connection(bus_names: BusNames) -> AsyncIterator[AbstractRobustConnection]:
+    conn = await connect(bus_names.amqp_url, "test")
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def publisher(
+    connection: AbstractRobustConnection, bus_names: BusNames
+) -> AsyncIterator[EventPublisher]:
+    pub = await EventPublisher.create(connection, bus_names.exchange, timeout=5)
+    yield pub
+    await pub.close()
+
+
+async def test_round_trip_decodes_envelope_and_keeps_trace(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    seen: asyncio.Queue[tuple[Envelope, object]] = asyncio.Queue()
+
+    async def handler(env: Envelope) -> None:
+        seen.put_nowait((env, structlog.contextvars.get_contextvars().get("trace_id")))
+
+    async with running_consumer(connection, bus_names, handler):
+        with trace_context(None) as trace_id:
+            sent = created("inbox-42")
+        await publisher.publish(sent)
+        got, logged_trace = await asyncio.wait_for(seen.get(), 10)
+
+    assert got == sent
+    assert got.type == "conversation.created"
+    assert payload_of(got).inbox_id == "inbox-42"  # type: ignore[attr-defined]
+    parsed = parse_traceparent(got.traceparent)
+    assert parsed is not None
+    assert parsed[0] == trace_id
+    assert logged_trace == trace_id
+
+
+async def test_failing_handler_is_retried_then_dead_lettered_and_queue_moves_on(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    attempts: dict[str, int] = {}
+    handled: asyncio.Queue[str] = asyncio.Queue()
+    poison = created("poison")
+
+    async def handler(env: Envelope) -> None:
+        attempts[env.event_id] = attempts.get(env.event_id, 0) + 1
+        if env.event_id == poison.event_id:
+            raise RuntimeError("cannot handle this one")
+        handled.put_nowait(env.event_id)
+
+    async with running_consumer(connection, bus_names, handler, retry_delays_ms=(50, 100)):
+        await publisher.publish(poison)
+        dead = await get_one(connection, bus_names.queue("q") + ".dlq")
+        good = created("after")
+        await publisher.publish(good)
+        assert await asyncio.wait_for(handled.get(), 10) == good.event_id
+
+    assert attempts[poison.event_id] == 3  # first try + two delayed retries
+    assert dead.message_id == poison.event_id
+    assert dead.headers[REASON_HEADER] == "handler_failed"
+    assert dead.headers[ATTEMPT_HEADER] == 2
+    assert "cannot handle this one" in str(dead.headers["x-livedesk-error"])
+
+
+async def test_undecodable_body_goes_straight_to_dead_letter(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    calls: list[str] = []
+    handled: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(env: Envelope) -> None:
+        calls.append(env.event_id)
+        handled.put_nowait(env.event_id)
+
+    async with running_consumer(connection, bus_names, handler):
+        await publish_raw(connection, bus_names.exchange, "conversation.created", b"\xff\x00junk")
+        dead = await get_one(connection, bus_names.queue("q") + ".dlq")
+        good = created()
+        await publisher.publish(good)
+        assert await asyncio.wait_for(handled.get(), 10) == good.event_id
+
+    assert dead.body == b"\xff\x00junk"
+    assert dead.headers[REASON_HEADER] == "undecodable"
+    assert calls == [good.event_id]
+
+
+async def test_same_event_delivered_twice_is_handled_once(
+    connection: AbstractRobustConnection,
+    publisher: EventPublisher,
+    bus_names: BusNames,
+    pg_database: str,
+) -> None:
+    pool = await create_pool(pg_database)
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        await pool.execute("CREATE TABLE effects (event_id uuid, note text)")
+        outcomes: asyncio.Queue[object] = asyncio.Queue()
+
+        async def effect(env: Envelope, conn: Connection) -> None:
+            await conn.execute("INSERT INTO effects VALUES ($1, 'x')", env.event_id)
+
+        once = PgIdempotency(pool, "test-consumer").wrap(effect)
+
+        async def handler(env: Envelope) -> object:
+            result = await once(env)
+            outcomes.put_nowait(result)
+            return result
+
+        event = created()
+        async with running_consumer(connection, bus_names, handler):
+            await publisher.publish(event)
+            await publisher.publish(event)  # a redelivery, as the broker may make
+            results = [await asyncio.wait_for(outcomes.get(), 10) for _ in range(2)]
+
+        assert results == [None, DUPLICATE]
+        assert await pool.fetchval("SELECT count(*) FROM effects") == 1
+    finally:
+        await pool.close()
+
+
+async def test_failed_handler_leaves_no_idempotency_record(pg_database: str) -> None:
+    pool = await create_pool(pg_database)
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        tries = 0
+
+        async def flaky(env: Envelope, conn: Connection) -> None:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                raise RuntimeError("first try fails")
+
+        once = PgIdempotency(pool, "c").wrap(flaky)
+        event = created()
+        with pytest.raises(RuntimeError):
+            await once(event)
+        assert await once(event) is None  # retried for real, not skipped
+        assert await once(event) == DUPLICATE
+        assert tries == 2
+    finally:
+        await pool.close()
+
+
+async def test_unroutable_event_raises(publisher: EventPublisher) -> None:
+    # No queue is bound on this test's private exchange: mandatory makes it come back.
+    with pytest.raises(PublishError):
+        await publisher.publish(created())
+
+
+async def test_first_connect_fails_fast() -> None:
+    with pytest.raises(DependencyError):
+        await connect("amqp://guest:guest@127.0.0.1:1/", "nobody", timeout=2)
+
+
+async def test_publish_while_connection_cut_never_loses_silently(
+    connection: AbstractRobustConnection, bus_names: BusNames
+) -> None:
+    received: set[str] = set()
+    got_event = asyncio.Event()
+
+    async def handler(env: Envelope) -> None:
+        received.add(env.event_id)
+        got_event.set()
+
+    proxy = await TcpProxy("127.0.0.1", 5672).start()
+    proxied_url = bus_names.amqp_url.replace(":5672", f":{proxy.port}")
+    cut_conn = await connect(proxied_url, "test-cut")
+    pub = await EventPublisher.create(cut_conn, bus_names.exchange, timeout=3)
+    try:
+        async with running_consumer(connection, bus_names, handler):
+            confirmed: list[str] = []
+            failed: list[str] = []
+
+            async def publish(env: Envelope) -> None:
+                try:
+                    await pub.publish(env)
+                    confirmed.append(env.event_id)
+                except PublishError:
+                    failed.append(env.event_id)
+
+            before = created("before")
+            await publish(before)
+            proxy.cut()
+            during = [created(f"during-{i}") for i in range(20)]
+            tasks = [asyncio.create_task(publish(e)) for e in during]
+            await wait_until(lambda: _is_down(cut_conn), timeout=10, what="client noticing the cut")
+            proxy.heal()
+            await asyncio.gather(*tasks)
+
+            # The robust connection comes back and publishing works again.
+            async def republish() -> bool:
+                after = created("after")
+                try:
+                    await pub.publish(after)
+                except PublishError:
+                    return False
+                confirmed.append(after.event_id)
+                return True
+
+            await wait_until(republish, timeout=20, interval=0.5, what="publish after reconnect")
+            await wait_until(
+                lambda: _contains(received, set(confirmed)), timeout=15, what="confirmed received"
+            )
+    finally:
+        await pub.close()
+        await cut_conn.close()
+        await proxy.close()
+
+    assert before.event_id in confirmed
+    assert len(confirmed) + len(failed) == len(during) + 2
+    # Every event the caller was told is confirmed arrived; the rest raised.
+    assert set(confirmed) <= received
+
+
+async def _is_down(conn: AbstractRobustConnection) -> bool:
+    return not conn.connected.is_set()
+
+
+async def _contains(received: set[str], expected: set[str]) -> bool:
+    return expected <= received
