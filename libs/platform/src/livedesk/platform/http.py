@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
+import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from livedesk.platform.health import HealthChecks
+from livedesk.platform.ids import uuid7_str
+from livedesk.platform.logging import get_logger
 from livedesk.platform.metrics import CONTENT_TYPE_LATEST, render_metrics
+from livedesk.platform.tracing import trace_context
 
-__all__ = ["HEALTH_KEY", "add_ops_routes", "error_response"]
+__all__ = [
+    "HEALTH_KEY",
+    "add_ops_routes",
+    "error_response",
+    "json_errors",
+    "request_context",
+]
+
+log = get_logger("livedesk.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 HEALTH_KEY = web.AppKey("livedesk_health", HealthChecks)
 
@@ -44,3 +60,46 @@ def add_ops_routes(app: web.Application, health: HealthChecks) -> None:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind request id and trace to every log line of the request; echo X-Request-ID."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid7_str()
+    with (
+        trace_context(request.headers.get("traceparent")),
+        structlog.contextvars.bound_contextvars(request_id=request_id),
+    ):
+        response = await handler(request)
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error": {"code", "message"}}``; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _STATUS_CODES.get(exc.status, "error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled_error", path=request.path, method=request.method)
+        return error_response(500, "internal", "internal server error")

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from livedesk.platform.bus.connection import connect
+from livedesk.platform.bus.connection import connect, connection_check
 from livedesk.platform.bus.consumer import DUPLICATE, EventConsumer, Handler
 from livedesk.platform.bus.envelope import (
     Envelope,
@@ -39,6 +39,7 @@ __all__ = [
     "PgIdempotency",
     "QueueTopology",
     "connect",
+    "connection_check",
     "decode",
     "encode",
     "event_type_of",

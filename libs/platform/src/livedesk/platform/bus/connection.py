@@ -6,8 +6,9 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
 from livedesk.platform.errors import DependencyError
+from livedesk.platform.health import Check
 
-__all__ = ["connect"]
+__all__ = ["connect", "connection_check"]
 
 
 async def connect(url: str, name: str, timeout: float = 10.0) -> AbstractRobustConnection:
@@ -29,3 +30,13 @@ def _redact(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def connection_check(connection: AbstractRobustConnection) -> Check:
+    """A readiness check that fails while ``connection`` is down or reconnecting."""
+
+    async def check() -> None:
+        if connection.is_closed or not connection.connected.is_set():
+            raise ConnectionError("RabbitMQ connection is down")
+
+    return check

@@ -98,7 +98,9 @@ class EventPublisher:
             first = failures[0]
             if not isinstance(first, Exception):
                 raise first
-            raise PublishError(f"{len(failures)} of {len(envs)} events not confirmed") from first
+            raise PublishError(
+                f"{len(failures)} of {len(envs)} events not confirmed; first: {first}"
+            ) from first
 
     async def close(self) -> None:
         """Close the channel, and the connection when this publisher owns it."""

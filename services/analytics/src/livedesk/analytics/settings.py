@@ -1,0 +1,48 @@
+"""The analytics service's settings, one frozen object read from the environment.
+
+Besides the variables every service and every bus user has (see
+:mod:`livedesk.platform.settings`):
+
+- ``PORT``: HTTP port of the ops routes and, later, the reports API.
+- ``CLICKHOUSE_URL``: a ClickHouse server (``http[s]://user:password@host:port/database``);
+  unset or empty means the embedded chDB engine.
+- ``CHDB_PATH``: chDB's data directory, used only without ``CLICKHOUSE_URL``.
+- ``INGEST_BATCH_SIZE``: rows per INSERT at most.
+- ``INGEST_FLUSH_INTERVAL``: seconds a row may wait for its batch to fill.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from livedesk.platform.settings import AmqpSettings, ServiceSettings
+
+__all__ = ["AnalyticsSettings"]
+
+# The consumer's prefetch is twice the batch size and AMQP caps prefetch at 65535.
+MAX_BATCH_SIZE = 30_000
+
+
+class AnalyticsSettings(ServiceSettings, AmqpSettings):
+    """Configuration of the analytics service. Field ``foo_bar`` is read from ``FOO_BAR``."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    port: int = Field(8002, ge=1, le=65535)
+    clickhouse_url: str | None = None
+    chdb_path: str = Field(".run/analytics/chdb", min_length=1)
+    ingest_batch_size: int = Field(5000, gt=0, le=MAX_BATCH_SIZE)
+    ingest_flush_interval: float = Field(0.5, gt=0, le=60)
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL of a ClickHouse server")
+        return value.strip()

@@ -1,0 +1,1 @@
+"""LiveDesk assignment service: the right agent for every conversation, exactly once."""

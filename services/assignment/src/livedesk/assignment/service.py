@@ -1,0 +1,77 @@
+"""Wiring of an assignment replica: dependencies, consumer, gRPC and HTTP, graceful stop."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+
+from livedesk.assignment.grpc_server import serve_grpc
+from livedesk.assignment.intake import INTAKE_EVENT_TYPES, record_conversation
+from livedesk.assignment.servicer import AssignmentApi
+from livedesk.assignment.settings import AssignmentSettings
+from livedesk.platform.bus import (
+    EventConsumer,
+    PgIdempotency,
+    QueueTopology,
+    connect,
+    connection_check,
+)
+from livedesk.platform.health import HealthChecks
+from livedesk.platform.http import add_ops_routes, json_errors, request_context
+from livedesk.platform.logging import configure_logging, get_logger
+from livedesk.platform.postgres import create_pool, ensure_database, migrate
+from livedesk.platform.redis import connect_redis
+from livedesk.platform.runtime import Shutdown, serve_http
+from livedesk.platform.settings import load_settings
+
+__all__ = ["main"]
+
+log = get_logger("livedesk.assignment")
+
+
+async def main(shutdown: Shutdown) -> None:
+    """Run one assignment replica until ``shutdown``."""
+    settings = load_settings(AssignmentSettings)
+    configure_logging("assignment", settings.log_level, settings.log_format)
+    async with AsyncExitStack() as stack:
+        if settings.db_auto_create:
+            await ensure_database(settings.database_url)
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        await migrate(pool, "livedesk.platform.migrations")
+        await migrate(pool, "livedesk.assignment.migrations")
+        redis = await connect_redis(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        amqp = await connect(settings.amqp_url, "assignment")
+        stack.push_async_callback(amqp.close)
+
+        health = HealthChecks()
+        health.add("postgres", lambda: pool.fetchval("SELECT 1"))
+        health.add("redis", redis.ping)
+        health.add("rabbitmq", connection_check(amqp))
+
+        consumer = EventConsumer(
+            amqp,
+            exchange_name=settings.amqp_exchange,
+            topology=QueueTopology(
+                f"{settings.amqp_queue_prefix}assignment",
+                retry_delays_ms=settings.amqp_retry_delays_ms,
+            ),
+            event_types=INTAKE_EVENT_TYPES,
+            handler=PgIdempotency(pool, "assignment").wrap(record_conversation),
+            prefetch=settings.amqp_prefetch,
+        )
+        await consumer.start()
+        stack.push_async_callback(consumer.stop, settings.shutdown_timeout / 2)
+
+        await stack.enter_async_context(
+            serve_grpc(settings.host, settings.grpc_port, AssignmentApi(), health)
+        )
+        app = web.Application(middlewares=[request_context, json_errors])
+        add_ops_routes(app, health)
+        await stack.enter_async_context(serve_http(app, settings.host, settings.port))
+        log.info("assignment_started", port=settings.port, grpc_port=settings.grpc_port)
+        await shutdown.wait()
+        health.draining = True
+        log.info("assignment_draining")

@@ -1,0 +1,1 @@
+"""LiveDesk chat service: conversations and messages, WebSocket + REST."""
