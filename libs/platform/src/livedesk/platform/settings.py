@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livedesk.platform.errors import ConfigError
@@ -28,7 +28,7 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     host: str = "127.0.0.1"
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: float = Field(10.0, gt=0, le=300)
 
 
 class AmqpSettings(BaseSettings):
@@ -39,9 +39,23 @@ class AmqpSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     amqp_exchange: str = "livedesk.events"
     amqp_queue_prefix: str = ""
-    amqp_prefetch: int = 64
-    amqp_publish_timeout: float = 10.0
-    amqp_retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
+    amqp_prefetch: int = Field(64, ge=1, le=65535)
+    amqp_publish_timeout: float = Field(10.0, gt=0, le=300)
+    amqp_retry_delays_ms: tuple[int, ...] = Field((1000, 5000, 30000), min_length=0, max_length=10)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    @field_validator("amqp_retry_delays_ms")
+    @classmethod
+    def _positive_delays(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d <= 0 for d in value):
+            raise ValueError("every delay must be a positive number of milliseconds")
+        return value
 
 
 def load_settings(cls: type[S]) -> S:

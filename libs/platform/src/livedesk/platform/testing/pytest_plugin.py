@@ -7,19 +7,18 @@ shared servers are left as they were found.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-import asyncpg
 import pytest
 
 from livedesk.platform.ids import uuid7
 from livedesk.platform.testing.servers import Servers, find_servers
 
-__all__ = ["BusNames", "bus_names", "pg_database", "servers"]
+__all__ = ["BusNames", "bus_names", "pg_database", "pg_databases", "servers"]
 
 
 @pytest.fixture(scope="session")
@@ -73,19 +72,32 @@ async def bus_names(servers: Servers) -> AsyncIterator[BusNames]:
 
 
 @pytest.fixture
-async def pg_database(servers: Servers) -> AsyncIterator[str]:
+async def pg_databases(servers: Servers) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Makes fresh, empty databases (their DSNs); every one is dropped after the test."""
+    made: list[str] = []
+
+    import asyncpg  # the "postgres" extra: only tests that ask for a database need it
+
+    async def make() -> str:
+        name = f"test_{uuid7().hex[-16:]}"
+        conn = await asyncpg.connect(servers.postgres_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        made.append(name)
+        return urlunsplit(urlsplit(servers.postgres_url)._replace(path=f"/{name}"))
+
+    yield make
+    conn = await asyncpg.connect(servers.postgres_url)
+    try:
+        for name in made:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_database(pg_databases: Callable[[], Awaitable[str]]) -> str:
     """DSN of a fresh, empty database, dropped after the test."""
-    name = f"test_{uuid7().hex[-16:]}"
-    admin = servers.postgres_url
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(admin)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    return await pg_databases()

@@ -1,0 +1,139 @@
+"""The transactional outbox against real PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+
+from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
+from livedesk.platform.bus import Envelope, EventPublisher, Outbox, OutboxRelay, connect, new_event
+from livedesk.platform.ids import uuid7_str
+from livedesk.platform.postgres import create_pool, migrate
+from livedesk.platform.testing import TcpProxy, wait_until
+from livedesk.platform.testing.bus import running_consumer
+from livedesk.platform.testing.pytest_plugin import BusNames
+
+pytestmark = pytest.mark.integration
+
+
+def created(n: int) -> Envelope:
+    return new_event(
+        ConversationCreated(inbox_id=f"inbox-{n}"),
+        tenant_id=uuid7_str(),
+        producer="test",
+        conversation_id=uuid7_str(),
+    )
+
+
+@pytest.fixture
+async def connection(bus_names: BusNames) -> AsyncIterator[AbstractRobustConnection]:
+    conn = await connect(bus_names.amqp_url, "test")
+    yield conn
+    await conn.close()
+
+
+async def test_committed_events_are_relayed_in_order_and_rolled_back_ones_never(
+    connection: AbstractRobustConnection, bus_names: BusNames, pg_database: str
+) -> None:
+    pool = await create_pool(pg_database)
+    received: list[str] = []
+
+    async def handler(env: Envelope) -> None:
+        received.append(env.event_id)
+
+    async def make_publisher() -> EventPublisher:
+        return await EventPublisher.create(connection, bus_names.exchange, timeout=5)
+
+    relay = OutboxRelay(pg_database, make_publisher, batch_size=7, poll_interval=0.2)
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        async with running_consumer(connection, bus_names, handler):
+            relay.start()
+            committed = [created(i) for i in range(30)]
+            for i in range(0, 30, 3):
+                async with pool.acquire() as conn, conn.transaction():
+                    await Outbox.add(conn, committed[i : i + 3])
+            rolled_back = created(99)
+            with pytest.raises(RuntimeError):
+                async with pool.acquire() as conn, conn.transaction():
+                    await Outbox.add(conn, [rolled_back])
+                    raise RuntimeError("abort the transaction")
+
+            await wait_until(
+                lambda: _at_least(received, 30), timeout=20, what="all committed events relayed"
+            )
+            await wait_until(lambda: _empty_outbox(pool), timeout=10, what="outbox emptied")
+        assert received == [e.event_id for e in committed]
+        assert rolled_back.event_id not in received
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
+async def test_events_wait_while_the_broker_is_unreachable_then_all_go_out(
+    connection: AbstractRobustConnection, bus_names: BusNames, pg_database: str
+) -> None:
+    pool = await create_pool(pg_database)
+    proxy = await TcpProxy("127.0.0.1", 5672).start()
+    proxied_url = bus_names.amqp_url.replace(":5672", f":{proxy.port}")
+    received: set[str] = set()
+
+    async def handler(env: Envelope) -> None:
+        received.add(env.event_id)
+
+    async def make_publisher() -> EventPublisher:
+        conn = await connect(proxied_url, "test-relay", timeout=2)
+        return await EventPublisher.create(conn, bus_names.exchange, 2, owns_connection=True)
+
+    relay = OutboxRelay(
+        pg_database, make_publisher, batch_size=50, poll_interval=0.2, retry_interval=0.2
+    )
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        async with running_consumer(connection, bus_names, handler):
+            proxy.cut()  # the broker is "down" before the relay ever connects
+            relay.start()
+            first = [created(i) for i in range(20)]
+            async with pool.acquire() as conn, conn.transaction():
+                await Outbox.add(conn, first)
+            await wait_until(
+                lambda: _pending(pool, 20), timeout=10, what="events waiting in the outbox"
+            )
+            assert not received
+
+            proxy.heal()
+            await wait_until(lambda: _has_all(received, first), timeout=30, what="catch-up")
+
+            # Cut an established connection mid-flow: still nothing lost.
+            proxy.cut()
+            second = [created(i) for i in range(20, 60)]
+            for i in range(0, 40, 10):
+                async with pool.acquire() as conn, conn.transaction():
+                    await Outbox.add(conn, second[i : i + 10])
+            proxy.heal()
+            await wait_until(lambda: _has_all(received, second), timeout=40, what="recovery")
+            await wait_until(lambda: _empty_outbox(pool), timeout=10, what="outbox emptied")
+    finally:
+        await relay.stop()
+        await proxy.close()
+        await pool.close()
+
+
+async def _at_least(items: list[str], n: int) -> bool:
+    return len(items) >= n
+
+
+async def _has_all(received: set[str], events: list[Envelope]) -> bool:
+    return {e.event_id for e in events} <= received
+
+
+async def _pending(pool: asyncpg.Pool, n: int) -> bool:
+    count = await pool.fetchval("SELECT count(*) FROM outbox")
+    return bool(count == n)
+
+
+async def _empty_outbox(pool: asyncpg.Pool) -> bool:
+    return await _pending(pool, 0)

@@ -1,0 +1,1 @@
+"""Support code for LiveDesk's integration tests (real processes, real servers)."""

@@ -1,0 +1,94 @@
+"""The three services as real processes: ready, one real event end to end, clean stop."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from livedesk.contracts.assignment.v1 import assignment_service_pb2 as pb
+from livedesk.contracts.assignment.v1.assignment_service_pb2_grpc import AssignmentServiceStub
+from livedesk.integration_support.stack import running_stack
+from livedesk.platform.testing import wait_until
+from livedesk.platform.testing.pytest_plugin import BusNames
+from livedesk.platform.testing.servers import Servers
+
+pytestmark = pytest.mark.integration
+
+TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
+
+
+async def _metric(base_url: str, name: str, labels: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_services_become_ready_exchange_an_event_and_stop_on_sigterm(
+    tmp_path: Path,
+    servers: Servers,
+    bus_names: BusNames,
+    pg_databases: Callable[[], Awaitable[str]],
+) -> None:
+    async with running_stack(tmp_path, servers, bus_names, pg_databases) as stack:
+        # chat commits the conversation and its event; the relay publishes it.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{stack.chat.base_url}/api/v1/conversations",
+                json={"tenant_id": TENANT, "inbox_id": "website", "priority": "high"},
+            ) as resp,
+        ):
+            assert resp.status == 201, await resp.text()
+            conversation = await resp.json()
+
+        # assignment records it, once, in its own database.
+        async def recorded() -> asyncpg.Record | None:
+            conn = await asyncpg.connect(stack.assignment_db)
+            try:
+                return await conn.fetchrow(
+                    "SELECT * FROM waiting_conversations WHERE conversation_id = $1",
+                    conversation["id"],
+                )
+            finally:
+                await conn.close()
+
+        row = await wait_until(recorded, timeout=20, what="assignment recorded the conversation")
+        assert row is not None
+        assert str(row["tenant_id"]) == TENANT
+        assert row["inbox_id"] == "website"
+
+        # analytics has it in ClickHouse.
+        async def ingested() -> float:
+            return await _metric(
+                stack.analytics.base_url,
+                "livedesk_analytics_events_ingested_total",
+                'type="conversation.created"',
+            )
+
+        assert await wait_until(ingested, timeout=20, what="analytics ingested the event") == 1.0
+
+        # The gRPC server answers the standard health protocol and real status codes.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.assignment_grpc_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+
+            async def serving() -> bool:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+            await wait_until(serving, timeout=10, what="gRPC health SERVING")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await AssignmentServiceStub(ch).ListQueue(pb.ListQueueRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        # Every service drains and exits 0 on SIGTERM.
+        for process in (stack.chat, stack.assignment, stack.analytics):
+            assert process.terminate(timeout=10) == 0, process.output()[-3000:]
+            assert '"event": "stopped"' in process.output()
