@@ -24,7 +24,15 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         level: minimum level name.
         fmt: ``json`` for machines, ``console`` for people.
     """
+
+    def add_service(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        # A processor, not a context variable: lines logged from signal handlers
+        # and other tasks' contexts carry it too.
+        event.setdefault("service", service)
+        return event
+
     shared: list[Any] = [
+        add_service,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -42,8 +50,6 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(service=service)
 
     # Libraries log through the stdlib; render their records the same way.
     handler = logging.StreamHandler(sys.stdout)

@@ -19,7 +19,7 @@ import uvloop
 from aiohttp import web
 
 from livedesk.platform.errors import ConfigError, DependencyError
-from livedesk.platform.logging import get_logger
+from livedesk.platform.logging import configure_logging, get_logger
 
 __all__ = ["EXIT_CONFIG", "EXIT_DEPENDENCY", "Shutdown", "run_service", "serve_http"]
 
@@ -30,11 +30,16 @@ log = get_logger("livedesk.runtime")
 
 
 class Shutdown:
-    """Set once the process has been asked to stop."""
+    """Set once the process has been asked to stop.
 
-    def __init__(self) -> None:
+    ``drain_timeout`` bounds the drain after the signal; a service sets it from
+    its settings once they are loaded.
+    """
+
+    def __init__(self, drain_timeout: float = 10.0) -> None:
         self._event = asyncio.Event()
         self.reason = ""
+        self.drain_timeout = drain_timeout
 
     def request(self, reason: str) -> None:
         """Ask the service to drain and stop."""
@@ -52,10 +57,9 @@ class Shutdown:
         await self._event.wait()
 
 
-async def _supervise(main: Callable[[Shutdown], Awaitable[None]], timeout: float) -> int:
+async def _supervise(main: Callable[[Shutdown], Awaitable[None]]) -> int:
     loop = asyncio.get_running_loop()
     shutdown = Shutdown()
-    task = asyncio.current_task()
     signals_seen = 0
 
     def on_signal(signum: int) -> None:
@@ -66,7 +70,7 @@ async def _supervise(main: Callable[[Shutdown], Awaitable[None]], timeout: float
             log.info("shutdown_requested", signal=name)
             shutdown.request(name)
             # Bound the drain: a stuck close must not keep a pod Terminating forever.
-            loop.call_later(timeout, _force_exit, "drain timed out")
+            loop.call_later(shutdown.drain_timeout, _force_exit, "drain timed out")
         else:
             _force_exit(f"second {name}")
 
@@ -88,14 +92,18 @@ async def _supervise(main: Callable[[Shutdown], Awaitable[None]], timeout: float
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    del task
     log.info("stopped", reason=shutdown.reason or "main returned")
     return 0
 
 
-def run_service(main: Callable[[Shutdown], Awaitable[None]], shutdown_timeout: float = 10.0) -> int:
-    """Run ``main`` on uvloop until it returns; the process exit code."""
-    return uvloop.run(_supervise(main, shutdown_timeout))
+def run_service(main: Callable[[Shutdown], Awaitable[None]], service: str) -> int:
+    """Run ``main`` on uvloop until it returns; the process exit code.
+
+    Logging starts as JSON for ``service`` so that even a configuration error
+    is one parseable line; ``main`` reconfigures it from its settings.
+    """
+    configure_logging(service)
+    return uvloop.run(_supervise(main))
 
 
 @asynccontextmanager

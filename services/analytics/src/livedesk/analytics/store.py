@@ -63,15 +63,15 @@ class Store:
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analytics-store")
         loop = asyncio.get_running_loop()
+        connect: Callable[[], tuple[Any, str]]
         if clickhouse_url:
             target = _redact(clickhouse_url)
-            connect: Callable[[], Any] = functools.partial(_connect_server, clickhouse_url)
+            connect = functools.partial(_connect_server, clickhouse_url)
         else:
-            path = Path(chdb_path).expanduser().resolve()
-            target = f"chdb:{path}"
-            connect = functools.partial(_connect_chdb, path)
+            target = f"chdb:{chdb_path}"
+            connect = functools.partial(_connect_chdb, chdb_path)
         try:
-            client = await loop.run_in_executor(executor, connect)
+            client, target = await loop.run_in_executor(executor, connect)
         except (*_LIBRARY_ERRORS, ImportError) as exc:
             executor.shutdown(wait=False)
             hint = "" if clickhouse_url else " (is another process using this data directory?)"
@@ -100,7 +100,7 @@ class Store:
     async def query(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
-        """Run a ``SELECT``; its rows as tuples. ``{name:Type}`` placeholders bind ``parameters``."""
+        """Run a ``SELECT``; its rows as tuples. ``{name:Type}`` binds ``parameters[name]``."""
 
         def run() -> list[tuple[Any, ...]]:
             result = self._client.query(sql, parameters=parameters)
@@ -136,17 +136,20 @@ class Store:
         log.info("store_closed", target=self.target)
 
 
-def _connect_server(url: str) -> Any:
+def _connect_server(url: str) -> tuple[Any, str]:
     # One thread makes every call, so no HTTP session id is needed (and one
     # would make concurrent callers fail with "session is locked").
-    return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+    client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
+    return client, _redact(url)
 
 
-def _connect_chdb(path: Path) -> Any:
+def _connect_chdb(chdb_path: str) -> tuple[Any, str]:
+    path = Path(chdb_path).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     # path= rather than a chdb:/// DSN: the DSN form does not unquote, so a
     # directory name with '%', '?' or '#' would be misread.
-    return clickhouse_connect.get_client(interface="chdb", path=str(path))
+    client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+    return client, f"chdb:{path}"
 
 
 def _redact(url: str) -> str:

@@ -5,4 +5,5 @@ from __future__ import annotations
 from livedesk.assignment.service import main
 from livedesk.platform.runtime import run_service
 
-raise SystemExit(run_service(main))
+if __name__ == "__main__":
+    raise SystemExit(run_service(main, "assignment"))

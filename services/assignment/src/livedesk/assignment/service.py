@@ -34,6 +34,7 @@ async def main(shutdown: Shutdown) -> None:
     """Run one assignment replica until ``shutdown``."""
     settings = load_settings(AssignmentSettings)
     configure_logging("assignment", settings.log_level, settings.log_format)
+    shutdown.drain_timeout = settings.shutdown_timeout
     async with AsyncExitStack() as stack:
         if settings.db_auto_create:
             await ensure_database(settings.database_url)

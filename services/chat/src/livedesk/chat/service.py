@@ -36,6 +36,7 @@ async def main(shutdown: Shutdown) -> None:
     """Run one chat pod until ``shutdown``."""
     settings = load_settings(ChatSettings)
     configure_logging("chat", settings.log_level, settings.log_format)
+    shutdown.drain_timeout = settings.shutdown_timeout
     async with AsyncExitStack() as stack:
         if settings.db_auto_create:
             await ensure_database(settings.database_url)

@@ -44,4 +44,4 @@ async def main(shutdown: Shutdown) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_service(main))
+    raise SystemExit(run_service(main, "consumer-process"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -72,6 +74,16 @@ class ServiceProcess:
     def output(self) -> str:
         """Everything the process wrote so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, object]]:
+        """The process's JSON log lines, parsed (other lines skipped)."""
+        events = []
+        for line in self.output().splitlines():
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(line)
+                if isinstance(parsed, dict):
+                    events.append(parsed)
+        return events
 
     def terminate(self, timeout: float = 15.0) -> int:
         """SIGTERM, then wait for the exit code (SIGKILL after ``timeout``)."""

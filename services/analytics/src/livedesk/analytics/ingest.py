@@ -1,0 +1,221 @@
+"""Events into ClickHouse in batches, each event acknowledged only once it is stored.
+
+The bus consumer runs many handlers at once. Each handler turns its event
+into a row, adds it to the open batch and waits for that batch's flush:
+
+    handler ─ add(row) ─▶ [ batch: up to INGEST_BATCH_SIZE rows ] ─ one INSERT ─▶ ClickHouse
+       ▲                                      │ full, or INGEST_FLUSH_INTERVAL elapsed
+       └────────── returns / raises ◀─────────┘
+
+A handler returns only after the INSERT holding its row succeeded, so the
+consumer acks the delivery after the data is safe. If the INSERT fails, every
+handler of that batch raises and the consumer retries each event later.
+Retries and redeliveries are harmless: rows sharing an event_id collapse in
+the ReplacingMergeTree (see ``migrations/0001_events.sql``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from google.protobuf.json_format import MessageToJson
+
+from livedesk.analytics.metrics import EVENTS_INGESTED, LAST_FLUSH_ROWS
+from livedesk.platform.bus import payload_of
+from livedesk.platform.logging import get_logger
+from livedesk.platform.tracing import parse_traceparent
+
+if TYPE_CHECKING:
+    from livedesk.analytics.store import Store
+    from livedesk.platform.bus import Envelope
+
+__all__ = ["EVENT_COLUMNS", "Batcher", "EventIngestor", "row_of"]
+
+log = get_logger("livedesk.analytics.ingest")
+
+T = TypeVar("T")
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "type",
+    "tenant_id",
+    "conversation_id",
+    "producer",
+    "occurred_at",
+    "trace_id",
+    "payload",
+    "ingested_at",
+)
+"""Columns of ``events`` in the order :func:`row_of` fills them."""
+
+_TYPE_COLUMN = EVENT_COLUMNS.index("type")
+
+
+def row_of(env: Envelope, ingested_at: dt.datetime) -> tuple[Any, ...]:
+    """The ``events`` row of ``env`` (columns as in :data:`EVENT_COLUMNS`).
+
+    Times are timezone-aware UTC: the client reads a naive time as local time.
+    """
+    parsed = parse_traceparent(env.traceparent) if env.traceparent else None
+    payload = MessageToJson(payload_of(env), preserving_proto_field_name=True, indent=None)
+    return (
+        uuid.UUID(env.event_id),
+        env.type,
+        env.tenant_id,
+        env.conversation_id,
+        env.producer,
+        env.occurred_at.ToDatetime(tzinfo=dt.UTC),
+        parsed[0] if parsed else "",
+        payload,
+        ingested_at,
+    )
+
+
+@dataclass(eq=False)
+class _Batch(Generic[T]):
+    items: list[T] = field(default_factory=list)
+    done: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batcher(Generic[T]):
+    """Collects items from concurrent callers and writes them in batches.
+
+    :meth:`add` returns when the batch holding the item was written, and
+    raises what the write raised, so every caller learns its own outcome. A
+    batch is written when it holds ``max_items``, or ``max_delay`` seconds
+    after its first item, whichever comes first.
+
+    Args:
+        write: writes one batch; called once per batch, never with an empty list.
+        max_items: items that make a batch full.
+        max_delay: seconds the first item of a batch waits at most.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list[T]], Awaitable[None]],
+        *,
+        max_items: int,
+        max_delay: float,
+    ) -> None:
+        if max_items < 1 or max_delay <= 0:
+            raise ValueError("max_items must be >= 1 and max_delay > 0")
+        self._write = write
+        self._max_items = max_items
+        self._max_delay = max_delay
+        self._open: _Batch[T] | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Items waiting in the open batch (not yet being written)."""
+        return len(self._open.items) if self._open is not None else 0
+
+    async def add(self, item: T) -> None:
+        """Add ``item`` and wait until its batch is written.
+
+        Raises:
+            RuntimeError: the batcher is closed.
+            Exception: whatever writing the batch raised.
+        """
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        batch = self._open
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._open = _Batch(done=loop.create_future())
+            batch.timer = loop.call_later(self._max_delay, self._due, batch)
+        batch.items.append(item)
+        if len(batch.items) >= self._max_items:
+            self._flush_open()
+        assert batch.done is not None
+        # shield: a caller cancelled while waiting must not cancel its batch-mates' outcome.
+        await asyncio.shield(batch.done)
+
+    def _due(self, batch: _Batch[T]) -> None:
+        if batch is self._open:
+            self._flush_open()
+
+    def _flush_open(self) -> None:
+        batch, self._open = self._open, None
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._flush(batch), name="analytics-flush")
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _flush(self, batch: _Batch[T]) -> None:
+        done = batch.done
+        assert done is not None
+        try:
+            await self._write(batch.items)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            done.set_exception(exc)
+            # Callers that were cancelled never read it; do not log it as unretrieved.
+            done.exception()
+        else:
+            done.set_result(None)
+
+    async def flush(self) -> None:
+        """Write the open batch now and wait for every write in progress."""
+        self._flush_open()
+        if self._writing:
+            await asyncio.gather(*self._writing, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Refuse new items, write what is pending, and wait for the writes."""
+        self._closed = True
+        await self.flush()
+
+
+class EventIngestor:
+    """The analytics bus handler: each event becomes a row of ``events``, in batches.
+
+    Args:
+        store: where the rows go.
+        batch_size: rows per INSERT at most.
+        flush_interval: seconds a row waits at most for its batch to fill.
+    """
+
+    def __init__(self, store: Store, *, batch_size: int, flush_interval: float) -> None:
+        self._store = store
+        self._batcher: Batcher[tuple[Any, ...]] = Batcher(
+            self._insert, max_items=batch_size, max_delay=flush_interval
+        )
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting for their batch to fill (not yet being inserted)."""
+        return self._batcher.pending
+
+    async def handle(self, env: Envelope) -> None:
+        """Store ``env``; returns once ClickHouse has it, raises if the insert failed."""
+        await self._batcher.add(row_of(env, dt.datetime.now(dt.UTC)))
+
+    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            await self._store.insert("events", rows, EVENT_COLUMNS)
+        except Exception as exc:
+            log.warning("ingest_insert_failed", rows=len(rows), error=str(exc))
+            raise
+        LAST_FLUSH_ROWS.set(len(rows))
+        for event_type, count in collections.Counter(r[_TYPE_COLUMN] for r in rows).items():
+            EVENTS_INGESTED.labels(event_type).inc(count)
+        log.debug("ingest_flushed", rows=len(rows))
+
+    async def close(self) -> None:
+        """Write the rows still waiting, then accept no more."""
+        await self._batcher.close()
