@@ -25,7 +25,7 @@ up: install ## Run all of LiveDesk in the foreground (Ctrl-C stops everything)
 	LOG_FORMAT=console CHDB_PATH=.run/analytics/chdb $(RUN) honcho start -f Procfile
 
 .PHONY: test
-test: install lint proto-check test-unit test-integration test-deploy ## Everything CI checks
+test: install lint proto-check test-unit test-integration test-deploy test-isolated ## Everything CI checks
 
 .PHONY: lint
 lint: ## ruff (lint + format check) and mypy --strict

@@ -14,12 +14,12 @@ from livedesk.platform.bus import (
     DUPLICATE,
     Envelope,
     EventPublisher,
-    PgIdempotency,
     connect,
     new_event,
     payload_of,
 )
 from livedesk.platform.bus.consumer import ATTEMPT_HEADER, REASON_HEADER
+from livedesk.platform.bus.idempotency import PgIdempotency
 from livedesk.platform.errors import DependencyError, PublishError
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import Connection, create_pool, migrate

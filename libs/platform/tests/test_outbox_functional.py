@@ -9,7 +9,8 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
-from livedesk.platform.bus import Envelope, EventPublisher, Outbox, OutboxRelay, connect, new_event
+from livedesk.platform.bus import Envelope, EventPublisher, connect, new_event
+from livedesk.platform.bus.outbox import Outbox, OutboxRelay
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import create_pool, migrate
 from livedesk.platform.testing import TcpProxy, wait_until

@@ -10,7 +10,8 @@ import pytest
 from livedesk.assignment.intake import record_conversation
 from livedesk.contracts.events.v1.common_pb2 import Priority
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
-from livedesk.platform.bus import DUPLICATE, PgIdempotency, new_event
+from livedesk.platform.bus import DUPLICATE, new_event
+from livedesk.platform.bus.idempotency import PgIdempotency
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import create_pool, migrate
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from livedesk.chat.service import create_app
@@ -18,6 +19,7 @@ from livedesk.platform.postgres import create_pool, migrate
 
 pytestmark = pytest.mark.integration
 
+Client = TestClient[web.Request, web.Application]
 TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
 
 
@@ -31,7 +33,7 @@ async def pool(pg_database: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[object, object]]:
+async def client(pool: asyncpg.Pool) -> AsyncIterator[Client]:
     health = HealthChecks()
     health.add("postgres", lambda: pool.fetchval("SELECT 1"))
     app = create_app(ConversationStore(pool), health)
@@ -40,7 +42,7 @@ async def client(pool: asyncpg.Pool) -> AsyncIterator[TestClient[object, object]
 
 
 async def test_create_commits_conversation_and_its_event_together(
-    client: TestClient[object, object], pool: asyncpg.Pool
+    client: Client, pool: asyncpg.Pool
 ) -> None:
     resp = await client.post(
         "/api/v1/conversations",
@@ -64,7 +66,7 @@ async def test_create_commits_conversation_and_its_event_together(
     assert (await got.json())["id"] == body["id"]
 
 
-async def test_other_tenant_cannot_read_it(client: TestClient[object, object]) -> None:
+async def test_other_tenant_cannot_read_it(client: Client) -> None:
     resp = await client.post("/api/v1/conversations", json={"tenant_id": TENANT, "inbox_id": "w"})
     conversation_id = (await resp.json())["id"]
     other = str(uuid.uuid4())
@@ -107,7 +109,7 @@ async def test_other_tenant_cannot_read_it(client: TestClient[object, object]) -
     ],
 )
 async def test_bad_bodies_get_4xx_json(
-    client: TestClient[object, object],
+    client: Client,
     pool: asyncpg.Pool,
     body: bytes,
     content_type: str,
@@ -122,7 +124,7 @@ async def test_bad_bodies_get_4xx_json(
     assert await pool.fetchval("SELECT count(*) FROM conversations") == 0
 
 
-async def test_unknown_path_and_method_are_json_errors(client: TestClient[object, object]) -> None:
+async def test_unknown_path_and_method_are_json_errors(client: Client) -> None:
     resp = await client.get("/api/v1/nothing-here")
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "not_found"
@@ -131,18 +133,17 @@ async def test_unknown_path_and_method_are_json_errors(client: TestClient[object
     assert (await resp.json())["error"]["code"] == "method_not_allowed"
 
 
-async def test_request_id_is_echoed_or_made(client: TestClient[object, object]) -> None:
+async def test_request_id_is_echoed_or_made(client: Client) -> None:
     resp = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert resp.headers["X-Request-ID"] == "abc-123"
     resp = await client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert resp.headers["X-Request-ID"] != "bad id with spaces"
 
 
-async def test_readyz_reports_checks_and_draining(client: TestClient[object, object]) -> None:
+async def test_readyz_reports_checks_and_draining(client: Client) -> None:
     resp = await client.get("/readyz")
     assert resp.status == 200
     assert (await resp.json())["checks"]["postgres"]["ok"] is True
-    assert client.app is not None
     client.app[HEALTH_KEY].draining = True
     resp = await client.get("/readyz")
     assert resp.status == 503

@@ -12,11 +12,11 @@ from livedesk.assignment.servicer import AssignmentApi
 from livedesk.assignment.settings import AssignmentSettings
 from livedesk.platform.bus import (
     EventConsumer,
-    PgIdempotency,
     QueueTopology,
     connect,
     connection_check,
 )
+from livedesk.platform.bus.idempotency import PgIdempotency
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger

@@ -10,7 +10,8 @@ from aiohttp import web
 from livedesk.chat.api import MAX_BODY, add_api_routes
 from livedesk.chat.settings import ChatSettings
 from livedesk.chat.store import ConversationStore
-from livedesk.platform.bus import EventPublisher, OutboxRelay, connect
+from livedesk.platform.bus import EventPublisher, connect
+from livedesk.platform.bus.outbox import OutboxRelay
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger

@@ -14,7 +14,8 @@ import asyncpg
 
 from livedesk.contracts.events.v1.common_pb2 import Priority
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
-from livedesk.platform.bus import Outbox, new_event
+from livedesk.platform.bus import new_event
+from livedesk.platform.bus.outbox import Outbox
 from livedesk.platform.ids import uuid7
 
 __all__ = ["Conversation", "ConversationStore", "NewConversation"]

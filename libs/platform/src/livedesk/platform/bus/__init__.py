@@ -6,9 +6,12 @@
 - :class:`EventConsumer`: a durable quorum queue per consuming service, manual
   ack after the handler, bounded prefetch, delayed bounded retries, and a
   dead-letter queue for poison events.
-- :class:`PgIdempotency` makes a handler run once per ``event_id``.
-- :class:`Outbox` / :class:`OutboxRelay`: events written in the same PostgreSQL
+- ``bus.idempotency.PgIdempotency`` makes a handler run once per ``event_id``.
+- ``bus.outbox.Outbox`` / ``OutboxRelay``: events written in the same PostgreSQL
   transaction as the state they describe, then published with confirms.
+
+The last two need the ``postgres`` extra, so they are imported from their
+modules, not from here: a service without PostgreSQL can use the bus.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from livedesk.platform.bus.envelope import (
     new_event,
     payload_of,
 )
-from livedesk.platform.bus.idempotency import PgIdempotency
-from livedesk.platform.bus.outbox import Outbox, OutboxRelay
 from livedesk.platform.bus.publisher import EventPublisher
 from livedesk.platform.bus.topology import QueueTopology
 
@@ -34,9 +35,6 @@ __all__ = [
     "EventConsumer",
     "EventPublisher",
     "Handler",
-    "Outbox",
-    "OutboxRelay",
-    "PgIdempotency",
     "QueueTopology",
     "connect",
     "connection_check",
