@@ -1,0 +1,306 @@
+{{/*
+Objects every service has. Each takes a component context
+  (dict "root" $ "component" "<name>" "svc" .Values.<name>)
+and is included by templates/<name>/*.yaml. What differs between services
+comes from their values: assignment has grpcPort, analytics has embeddedChdb
+and persistence.
+*/}}
+
+{{- define "livedesk.serviceAccount" -}}
+{{- if and .svc.enabled .root.Values.serviceAccount.create }}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ include "livedesk.serviceAccountName" . }}
+  labels:
+    {{- include "livedesk.componentLabels" . | nindent 4 }}
+  {{- $annotations := merge (dict) .root.Values.serviceAccount.annotations .root.Values.commonAnnotations }}
+  {{- with $annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+automountServiceAccountToken: {{ .root.Values.serviceAccount.automountToken }}
+{{- end }}
+{{- end }}
+
+{{- define "livedesk.secret" -}}
+{{- if and .svc.enabled .svc.secretEnv }}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ include "livedesk.secretName" . }}
+  labels:
+    {{- include "livedesk.componentLabels" . | nindent 4 }}
+  {{- with .root.Values.commonAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+type: Opaque
+stringData:
+  {{- range $key, $value := .svc.secretEnv }}
+  {{ $key }}: {{ $value | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "livedesk.deployment" -}}
+{{- if .svc.enabled }}
+{{- $root := .root }}
+{{- $svc := .svc }}
+{{- $chdb := and (hasKey $svc "embeddedChdb") $svc.embeddedChdb }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "livedesk.componentName" . }}
+  labels:
+    {{- include "livedesk.componentLabels" . | nindent 4 }}
+  {{- with $root.Values.commonAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- if not $svc.autoscaling.enabled }}
+  replicas: {{ $svc.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "livedesk.componentSelectorLabels" . | nindent 6 }}
+  strategy:
+    {{- if $chdb }}
+    # chDB: one process owns the data directory; never run old and new together.
+    type: Recreate
+    {{- else }}
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 25%
+      maxUnavailable: 0
+    {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "livedesk.componentLabels" . | nindent 8 }}
+        {{- with $svc.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        # Roll the pods when the shared configuration or their Secret changes.
+        checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+        {{- if $svc.secretEnv }}
+        checksum/secret: {{ include "livedesk.secret" . | sha256sum }}
+        {{- end }}
+        {{- if $root.Values.metricsAnnotations }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $svc.port | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
+        {{- with $svc.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "livedesk.serviceAccountName" . }}
+      automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
+      enableServiceLinks: false
+      # SIGTERM starts the graceful stop (stop accepting, drain, flush): no preStop hook.
+      terminationGracePeriodSeconds: {{ $root.Values.terminationGracePeriodSeconds }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- range . }}
+        - name: {{ . }}
+        {{- end }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      {{- if $svc.spreadAcrossNodes }}
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "livedesk.componentSelectorLabels" . | nindent 14 }}
+      {{- end }}
+      {{- with $svc.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $svc.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "livedesk.image" . | quote }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          ports:
+            - name: http
+              containerPort: {{ $svc.port }}
+              protocol: TCP
+            {{- if $svc.grpcPort }}
+            - name: grpc
+              containerPort: {{ $svc.grpcPort }}
+              protocol: TCP
+            {{- end }}
+          env:
+            - name: PORT
+              value: {{ $svc.port | quote }}
+            {{- if $svc.grpcPort }}
+            - name: GRPC_PORT
+              value: {{ $svc.grpcPort | quote }}
+            {{- end }}
+            {{- if $chdb }}
+            - name: CHDB_PATH
+              value: {{ $svc.persistence.mountPath | quote }}
+            {{- end }}
+            {{- with $svc.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          envFrom:
+            - configMapRef:
+                name: {{ include "livedesk.configMapName" $root }}
+            {{- if $svc.secretEnv }}
+            - secretRef:
+                name: {{ include "livedesk.secretName" . }}
+            {{- end }}
+            {{- with $svc.existingSecret }}
+            - secretRef:
+                name: {{ . }}
+            {{- end }}
+          resources:
+            {{- toYaml $svc.resources | nindent 12 }}
+          startupProbe:
+            httpGet:
+              path: /healthz
+              port: http
+            periodSeconds: 2
+            timeoutSeconds: 2
+            failureThreshold: {{ max 1 (div $svc.startupTimeoutSeconds 2) }}
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: http
+            periodSeconds: 10
+            timeoutSeconds: 2
+            failureThreshold: 3
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: http
+            periodSeconds: 5
+            timeoutSeconds: 2
+            failureThreshold: 2
+          securityContext:
+            {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- if $chdb }}
+            - name: data
+              mountPath: {{ $svc.persistence.mountPath }}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $svc.tmpSizeLimit }}
+        {{- if $chdb }}
+        - name: data
+          persistentVolumeClaim:
+            claimName: {{ $svc.persistence.existingClaim | default (printf "%s-data" (include "livedesk.componentName" .)) }}
+        {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "livedesk.service" -}}
+{{- if .svc.enabled }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "livedesk.componentName" . }}
+  labels:
+    {{- include "livedesk.componentLabels" . | nindent 4 }}
+  {{- with .root.Values.commonAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ .svc.service.type }}
+  selector:
+    {{- include "livedesk.componentSelectorLabels" . | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ .svc.service.port }}
+      targetPort: http
+      protocol: TCP
+    {{- if .svc.grpcPort }}
+    # gRPC is HTTP/2: a ClusterIP balances connections, not calls.
+    - name: grpc
+      port: {{ .svc.service.grpcPort }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: kubernetes.io/h2c
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "livedesk.hpa" -}}
+{{- if and .svc.enabled .svc.autoscaling.enabled }}
+{{- $as := .svc.autoscaling }}
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "livedesk.componentName" . }}
+  labels:
+    {{- include "livedesk.componentLabels" . | nindent 4 }}
+  {{- with .root.Values.commonAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: {{ include "livedesk.componentName" . }}
+  minReplicas: {{ $as.minReplicas }}
+  maxReplicas: {{ $as.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ $as.targetCPUUtilizationPercentage }}
+  behavior:
+    scaleDown:
+      stabilizationWindowSeconds: 300
+      policies:
+        - type: Pods
+          value: {{ $as.scaleDownPodsPerMinute }}
+          periodSeconds: 60
+{{- end }}
+{{- end }}
+
+{{- define "livedesk.pdb" -}}
+{{- if and .svc.enabled .svc.pdb.enabled }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "livedesk.componentName" . }}
+  labels:
+    {{- include "livedesk.componentLabels" . | nindent 4 }}
+  {{- with .root.Values.commonAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  maxUnavailable: {{ if kindIs "string" .svc.pdb.maxUnavailable }}{{ .svc.pdb.maxUnavailable | quote }}{{ else }}{{ .svc.pdb.maxUnavailable }}{{ end }}
+  # A pod that is not ready serves nobody: evicting it never costs capacity.
+  unhealthyPodEvictionPolicy: AlwaysAllow
+  selector:
+    matchLabels:
+      {{- include "livedesk.componentSelectorLabels" . | nindent 6 }}
+{{- end }}
+{{- end }}
