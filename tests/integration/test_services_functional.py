@@ -22,6 +22,8 @@ from livedesk.platform.testing.servers import Servers
 pytestmark = pytest.mark.integration
 
 TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 async def _metric(base_url: str, name: str, labels: str) -> float:
@@ -44,6 +46,7 @@ async def test_services_become_ready_exchange_an_event_and_stop_on_sigterm(
             session.post(
                 f"{stack.chat.base_url}/api/v1/conversations",
                 json={"tenant_id": TENANT, "inbox_id": "website", "priority": "high"},
+                headers={"traceparent": TRACEPARENT},
             ) as resp,
         ):
             assert resp.status == 201, await resp.text()
@@ -64,6 +67,17 @@ async def test_services_become_ready_exchange_an_event_and_stop_on_sigterm(
         assert row is not None
         assert str(row["tenant_id"]) == TENANT
         assert row["inbox_id"] == "website"
+
+        # The caller's trace went through the outbox and the broker into the consumer's logs.
+        async def handled_traces() -> list[object]:
+            return [
+                e.get("trace_id")
+                for e in stack.assignment.log_events()
+                if e.get("event") == "event_handled"
+                and e.get("event_type") == "conversation.created"
+            ]
+
+        assert await wait_until(handled_traces, timeout=10, what="handled log") == [TRACE_ID]
 
         # analytics has it in ClickHouse.
         async def ingested() -> float:

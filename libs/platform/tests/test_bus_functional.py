@@ -265,3 +265,37 @@ async def _is_down(conn: AbstractRobustConnection) -> bool:
 
 async def _contains(received: set[str], expected: set[str]) -> bool:
     return expected <= received
+
+
+async def test_consumer_resumes_after_its_connection_is_cut(
+    publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    handled: asyncio.Queue[str] = asyncio.Queue()
+
+    async def handler(env: Envelope) -> None:
+        handled.put_nowait(env.event_id)
+
+    proxy = await TcpProxy("127.0.0.1", 5672).start()
+    consumer_conn = await connect(
+        bus_names.amqp_url.replace(":5672", f":{proxy.port}"), "test-consumer"
+    )
+    try:
+        async with running_consumer(consumer_conn, bus_names, handler):
+            first = created("first")
+            await publisher.publish(first)
+            assert await asyncio.wait_for(handled.get(), 10) == first.event_id
+
+            proxy.cut()
+            await wait_until(lambda: _is_down(consumer_conn), timeout=10, what="cut noticed")
+            # Published while the consumer is away: it waits in the durable queue.
+            during = created("during")
+            await publisher.publish(during)
+            proxy.heal()
+            # At-least-once: ``first`` may come again if its ack died with the cut.
+            after_cut = set()
+            while during.event_id not in after_cut:
+                after_cut.add(await asyncio.wait_for(handled.get(), 30))
+            assert after_cut <= {first.event_id, during.event_id}
+    finally:
+        await consumer_conn.close()
+        await proxy.close()

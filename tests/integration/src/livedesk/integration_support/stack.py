@@ -62,6 +62,8 @@ async def running_stack(
                 "PORT": str(ports["assignment"]),
                 "GRPC_PORT": str(ports["grpc"]),
                 "DATABASE_URL": assignment_db,
+                # Debug logs include one line per handled event, with its trace.
+                "LOG_LEVEL": "DEBUG",
             },
             tmp_path / "assignment.log",
             ports["assignment"],

@@ -131,8 +131,13 @@ class EventConsumer:
             self._idle_event.clear()
             try:
                 await self._process(message)
-            except Exception:  # a broken channel while acking: the broker redelivers
+            except Exception:
+                # Settling failed (the channel broke, or a retry/dead-letter copy
+                # was not confirmed). Give the delivery back so it is not stuck
+                # unacked; the delivery limit bounds how often this can repeat.
                 log.warning("delivery_not_settled", queue=self.topology.name, exc_info=True)
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
             finally:
                 self._busy -= 1
                 if self._busy == 0:
@@ -147,7 +152,8 @@ class EventConsumer:
             with trace_context(_header(message, "traceparent")):
                 log.error("event_undecodable", queue=queue, error=str(exc))
                 await self._forward(message, self.topology.dead_letter, "undecodable", str(exc))
-            BUS_CONSUMED.labels(queue, message.type or "unknown", "dead_letter").inc()
+            # Not message.type: a label must not take values from an untrusted body.
+            BUS_CONSUMED.labels(queue, "undecodable", "dead_letter").inc()
             return
 
         with trace_context(env.traceparent, event_id=env.event_id, event_type=env.type):
