@@ -10,16 +10,21 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from livedesk.chat.api import OPENAPI_TEXT
 from livedesk.chat.service import create_app
 from livedesk.chat.store import ConversationStore
 from livedesk.platform.bus import decode, payload_of
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import HEALTH_KEY
 from livedesk.platform.postgres import create_pool, migrate
+from livedesk.platform.testing.openapi import OpenApi
 
 pytestmark = pytest.mark.integration
 
 Client = TestClient[web.Request, web.Application]
+SPEC = OpenApi(OPENAPI_TEXT)
+CONVERSATIONS = "/api/v1/conversations"
+CONVERSATION = "/api/v1/conversations/{conversation_id}"
 TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
 
 
@@ -50,6 +55,7 @@ async def test_create_commits_conversation_and_its_event_together(
     )
     assert resp.status == 201
     body = await resp.json()
+    SPEC.check("POST", CONVERSATIONS, 201, body)
     assert body["status"] == "queued"
     assert body["priority"] == "urgent"
 
@@ -63,6 +69,7 @@ async def test_create_commits_conversation_and_its_event_together(
 
     got = await client.get(f"/api/v1/conversations/{body['id']}", params={"tenant_id": TENANT})
     assert got.status == 200
+    SPEC.check("GET", CONVERSATION, 200, await got.json())
     assert (await got.json())["id"] == body["id"]
 
 
@@ -72,6 +79,7 @@ async def test_other_tenant_cannot_read_it(client: Client) -> None:
     other = str(uuid.uuid4())
     got = await client.get(f"/api/v1/conversations/{conversation_id}", params={"tenant_id": other})
     assert got.status == 404
+    SPEC.check("GET", CONVERSATION, 404, await got.json())
     assert (await got.json())["error"]["code"] == "not_found"
 
 
@@ -120,6 +128,7 @@ async def test_bad_bodies_get_4xx_json(
         "/api/v1/conversations", data=body, headers={"Content-Type": content_type}
     )
     assert resp.status == status
+    SPEC.check("POST", CONVERSATIONS, status, await resp.json())
     assert (await resp.json())["error"]["code"] == code
     assert await pool.fetchval("SELECT count(*) FROM conversations") == 0
 
@@ -143,8 +152,26 @@ async def test_request_id_is_echoed_or_made(client: Client) -> None:
 async def test_readyz_reports_checks_and_draining(client: Client) -> None:
     resp = await client.get("/readyz")
     assert resp.status == 200
+    SPEC.check("GET", "/readyz", 200, await resp.json())
     assert (await resp.json())["checks"]["postgres"]["ok"] is True
     client.app[HEALTH_KEY].draining = True
     resp = await client.get("/readyz")
     assert resp.status == 503
+    SPEC.check("GET", "/readyz", 503, await resp.json())
     assert (await resp.json())["status"] == "draining"
+
+
+def test_openapi_documents_exactly_the_routes_served(pool: asyncpg.Pool) -> None:
+    app = create_app(ConversationStore(pool), HealthChecks())
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    assert served == set(SPEC.operations())
+
+
+async def test_openapi_is_served(client: Client) -> None:
+    resp = await client.get("/api/v1/openapi.yaml")
+    assert resp.status == 200
+    assert await resp.text() == OPENAPI_TEXT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from importlib import resources
 from typing import Annotated, Literal
 
 from aiohttp import web
@@ -100,8 +101,17 @@ async def get_conversation(request: web.Request) -> web.Response:
     return web.json_response(_conversation_json(conversation))
 
 
+OPENAPI_TEXT = resources.files("livedesk.chat").joinpath("openapi.yaml").read_text("utf-8")
+
+
+async def get_openapi(_: web.Request) -> web.Response:
+    """GET /api/v1/openapi.yaml: the document describing this API."""
+    return web.Response(text=OPENAPI_TEXT, content_type="application/yaml")
+
+
 def add_api_routes(app: web.Application, store: ConversationStore) -> None:
     """Mount the REST API on ``app``."""
     app[STORE_KEY] = store
+    app.router.add_get("/api/v1/openapi.yaml", get_openapi)
     app.router.add_post("/api/v1/conversations", create_conversation)
     app.router.add_get("/api/v1/conversations/{conversation_id}", get_conversation)
