@@ -22,6 +22,8 @@ install: ## Install Python deps from uv.lock and buf from package-lock.json
 up: install ## Run all of LiveDesk in the foreground (Ctrl-C stops everything)
 	tools/check_servers.sh
 	mkdir -p .run
+	@echo "LiveDesk: chat http://127.0.0.1:8000  assignment http://127.0.0.1:8001 (gRPC :50051)  analytics http://127.0.0.1:8002"
+	@echo "Each serves /healthz, /readyz, /metrics. Ctrl-C stops everything."
 	LOG_FORMAT=console CHDB_PATH=.run/analytics/chdb $(RUN) honcho start -f Procfile
 
 .PHONY: test
