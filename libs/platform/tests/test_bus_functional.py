@@ -44,10 +44,8 @@ def created(inbox: str = "inbox-1") -> Envelope:
 
 
 @pytest.fixture
-async def connection(bus_names: BusNames) -> AsyncIterator[AbstractRobustConnection]:
-    conn = await connect(bus_names.amqp_url, "test")
-    yield conn
-    await conn.close()
+def connection(amqp_connection: AbstractRobustConnection) -> AbstractRobustConnection:
+    return amqp_connection
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractRobustConnection
@@ -30,10 +28,8 @@ def created(n: int) -> Envelope:
 
 
 @pytest.fixture
-async def connection(bus_names: BusNames) -> AsyncIterator[AbstractRobustConnection]:
-    conn = await connect(bus_names.amqp_url, "test")
-    yield conn
-    await conn.close()
+def connection(amqp_connection: AbstractRobustConnection) -> AbstractRobustConnection:
+    return amqp_connection
 
 
 async def test_committed_events_are_relayed_in_order_and_rolled_back_ones_never(

@@ -13,16 +13,14 @@ from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
 from livedesk.platform.bus import DUPLICATE, new_event
 from livedesk.platform.bus.idempotency import PgIdempotency
 from livedesk.platform.ids import uuid7_str
-from livedesk.platform.postgres import create_pool, migrate
+from livedesk.platform.postgres import PLATFORM_MIGRATIONS, migrate, open_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def pool(pg_database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_database)
-    await migrate(pool, "livedesk.platform.migrations")
-    await migrate(pool, "livedesk.assignment.migrations")
+    pool = await open_database(pg_database, [PLATFORM_MIGRATIONS, "livedesk.assignment.migrations"])
     yield pool
     await pool.close()
 

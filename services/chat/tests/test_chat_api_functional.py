@@ -16,7 +16,7 @@ from livedesk.chat.store import ConversationStore
 from livedesk.platform.bus import decode, payload_of
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import HEALTH_KEY
-from livedesk.platform.postgres import create_pool, migrate
+from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.testing.openapi import OpenApi
 
 pytestmark = pytest.mark.integration
@@ -30,9 +30,7 @@ TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
 
 @pytest.fixture
 async def pool(pg_database: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(pg_database)
-    await migrate(pool, "livedesk.platform.migrations")
-    await migrate(pool, "livedesk.chat.migrations")
+    pool = await open_database(pg_database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
     yield pool
     await pool.close()
 

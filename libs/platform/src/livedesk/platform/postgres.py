@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -16,12 +17,22 @@ from livedesk.platform.logging import get_logger
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["Connection", "create_pool", "ensure_database", "migrate"]
+__all__ = [
+    "PLATFORM_MIGRATIONS",
+    "Connection",
+    "create_pool",
+    "ensure_database",
+    "migrate",
+    "open_database",
+]
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 """A connection, whether opened directly or borrowed from a pool."""
 
 log = get_logger("livedesk.postgres")
+
+PLATFORM_MIGRATIONS = "livedesk.platform.migrations"
+"""The bus tables (outbox, processed_events); apply before a service's own."""
 
 # One lock id for every migrating process, so replicas starting together migrate once.
 _MIGRATION_LOCK = 0x4C4445534B4D47  # "LDESKMG"
@@ -109,3 +120,26 @@ async def migrate(pool: asyncpg.Pool, package: str) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
+
+
+async def open_database(
+    dsn: str,
+    migrations: Sequence[str],
+    *,
+    auto_create: bool = False,
+    max_size: int = 10,
+) -> asyncpg.Pool:
+    """A pool on ``dsn`` with the ``migrations`` packages applied, in order.
+
+    With ``auto_create`` the database is created first if missing (development).
+    """
+    if auto_create:
+        await ensure_database(dsn)
+    pool = await create_pool(dsn, max_size=max_size)
+    try:
+        for package in migrations:
+            await migrate(pool, package)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool

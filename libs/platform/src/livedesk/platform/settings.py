@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livedesk.platform.errors import ConfigError
 
-__all__ = ["AmqpSettings", "ServiceSettings", "load_settings"]
+__all__ = ["AmqpSettings", "PostgresSettings", "ServiceSettings", "load_settings"]
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -55,6 +55,26 @@ class AmqpSettings(BaseSettings):
     def _positive_delays(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if any(d <= 0 for d in value):
             raise ValueError("every delay must be a positive number of milliseconds")
+        return value
+
+
+class PostgresSettings(BaseSettings):
+    """Database settings of a service that owns a PostgreSQL database.
+
+    Each service overrides ``database_url``'s default with its own database.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/livedesk"
+    db_auto_create: bool = True
+    db_pool_size: int = Field(10, ge=1, le=200)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
         return value
 
 

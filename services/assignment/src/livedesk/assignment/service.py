@@ -20,7 +20,7 @@ from livedesk.platform.bus.idempotency import PgIdempotency
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger
-from livedesk.platform.postgres import create_pool, ensure_database, migrate
+from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.redis import connect_redis
 from livedesk.platform.runtime import Shutdown, serve_http
 from livedesk.platform.settings import load_settings
@@ -36,12 +36,13 @@ async def main(shutdown: Shutdown) -> None:
     configure_logging("assignment", settings.log_level, settings.log_format)
     shutdown.drain_timeout = settings.shutdown_timeout
     async with AsyncExitStack() as stack:
-        if settings.db_auto_create:
-            await ensure_database(settings.database_url)
-        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        pool = await open_database(
+            settings.database_url,
+            [PLATFORM_MIGRATIONS, "livedesk.assignment.migrations"],
+            auto_create=settings.db_auto_create,
+            max_size=settings.db_pool_size,
+        )
         stack.push_async_callback(pool.close)
-        await migrate(pool, "livedesk.platform.migrations")
-        await migrate(pool, "livedesk.assignment.migrations")
         redis = await connect_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
         amqp = await connect(settings.amqp_url, "assignment")

@@ -14,11 +14,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 
+from livedesk.platform.bus.connection import connect
 from livedesk.platform.ids import uuid7
 from livedesk.platform.testing.servers import Servers, find_servers
 
-__all__ = ["BusNames", "bus_names", "pg_database", "pg_databases", "servers"]
+__all__ = ["BusNames", "amqp_connection", "bus_names", "pg_database", "pg_databases", "servers"]
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +71,14 @@ async def bus_names(servers: Servers) -> AsyncIterator[BusNames]:
         await channel.exchange_delete(names.exchange)
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def amqp_connection(bus_names: BusNames) -> AsyncIterator[AbstractRobustConnection]:
+    """A robust connection to the test broker, closed afterwards."""
+    connection = await connect(bus_names.amqp_url, "test")
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture
