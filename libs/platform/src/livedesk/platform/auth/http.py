@@ -29,10 +29,12 @@ def require_claims(request: web.Request, *roles: Role) -> Claims:
     except TokenError as exc:
         raise web.HTTPUnauthorized(
             reason=exc.reason,
-            headers={
-                "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{exc.reason}"'
-            },
+            headers={"WWW-Authenticate": _challenge(exc.reason)},
         ) from None
     if roles and claims.role not in roles:
         raise web.HTTPForbidden(reason=f"role {claims.role} may not do this")
     return claims
+
+
+def _challenge(reason: str) -> str:
+    return f'Bearer error="invalid_token", error_description="{reason}"'
