@@ -20,7 +20,7 @@ from livedesk.platform.bus import (
 )
 from livedesk.platform.bus.consumer import ATTEMPT_HEADER, REASON_HEADER
 from livedesk.platform.bus.idempotency import PgIdempotency
-from livedesk.platform.errors import DependencyError, PublishError
+from livedesk.platform.errors import DependencyError, PublishError, UnroutableError
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import Connection, create_pool, migrate
 from livedesk.platform.testing import TcpProxy, wait_until
@@ -188,7 +188,7 @@ async def test_failed_handler_leaves_no_idempotency_record(pg_database: str) -> 
 
 async def test_unroutable_event_raises(publisher: EventPublisher) -> None:
     # No queue is bound on this test's private exchange: mandatory makes it come back.
-    with pytest.raises(PublishError):
+    with pytest.raises(UnroutableError):
         await publisher.publish(created())
 
 

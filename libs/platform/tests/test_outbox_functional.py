@@ -7,6 +7,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
+from livedesk.contracts.events.v1.csat_pb2 import CsatSubmitted
 from livedesk.platform.bus import Envelope, EventPublisher, connect, new_event
 from livedesk.platform.bus.outbox import Outbox, OutboxRelay
 from livedesk.platform.ids import uuid7_str
@@ -134,3 +135,40 @@ async def _pending(pool: asyncpg.Pool, n: int) -> bool:
 
 async def _empty_outbox(pool: asyncpg.Pool) -> bool:
     return await _pending(pool, 0)
+
+
+async def test_unroutable_event_does_not_hold_back_others_and_is_parked(
+    connection: AbstractRobustConnection, bus_names: BusNames, pg_database: str
+) -> None:
+    pool = await create_pool(pg_database)
+    received: list[str] = []
+
+    async def handler(env: Envelope) -> None:
+        received.append(env.event_id)
+
+    async def make_publisher() -> EventPublisher:
+        return await EventPublisher.create(connection, bus_names.exchange, timeout=5)
+
+    relay = OutboxRelay(pg_database, make_publisher, poll_interval=0.2, unroutable_attempts=2)
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        async with running_consumer(connection, bus_names, handler):  # binds conversation.created
+            nobody_wants = new_event(
+                CsatSubmitted(rating=5), tenant_id=uuid7_str(), producer="test"
+            )
+            after = [created(i) for i in range(5)]
+            async with pool.acquire() as conn, conn.transaction():
+                await Outbox.add(conn, [nobody_wants, *after])
+            relay.start()
+            await wait_until(lambda: _at_least(received, 5), timeout=20, what="later events")
+
+            async def parked() -> bool:
+                row = await pool.fetchrow("SELECT * FROM outbox_unroutable")
+                return row is not None and str(row["event_id"]) == nobody_wants.event_id
+
+            await wait_until(parked, timeout=20, what="unroutable event parked")
+            await wait_until(lambda: _empty_outbox(pool), timeout=10, what="outbox emptied")
+        assert received == [e.event_id for e in after]
+    finally:
+        await relay.stop()
+        await pool.close()

@@ -8,7 +8,8 @@ Exceptions raised by this package all derive from :class:`PlatformError`::
     PlatformError
     ├── ConfigError          a bad or missing environment variable
     ├── BusError
-    │   ├── PublishError     the broker did not confirm (or returned) an event
+    │   ├── PublishError     the broker did not confirm an event
+    │   │   └── UnroutableError   ... because no queue is bound to its type
     │   └── DecodeError      a body that is not a valid LiveDesk envelope
     └── DependencyError      a server we need did not answer at start-up
 """
@@ -22,6 +23,7 @@ from livedesk.platform.errors import (
     DependencyError,
     PlatformError,
     PublishError,
+    UnroutableError,
 )
 
 __all__ = [
@@ -31,4 +33,5 @@ __all__ = [
     "DependencyError",
     "PlatformError",
     "PublishError",
+    "UnroutableError",
 ]

@@ -9,6 +9,7 @@ __all__ = [
     "DependencyError",
     "PlatformError",
     "PublishError",
+    "UnroutableError",
 ]
 
 
@@ -30,6 +31,10 @@ class PublishError(BusError):
     The event may or may not have been stored; callers retry (consumers are
     idempotent on event_id), they never assume success.
     """
+
+
+class UnroutableError(PublishError):
+    """The broker returned the event: no queue is bound to its type (yet)."""
 
 
 class DecodeError(BusError):

@@ -17,6 +17,7 @@ __all__ = [
     "BUS_PUBLISHED",
     "BUS_PUBLISH_SECONDS",
     "CONTENT_TYPE_LATEST",
+    "OUTBOX_PARKED",
     "OUTBOX_PENDING",
     "READY",
     "render_metrics",
@@ -46,6 +47,10 @@ BUS_HANDLER_SECONDS = Histogram(
 OUTBOX_PENDING = Gauge(
     "livedesk_outbox_pending",
     "Outbox rows committed but not yet confirmed by the broker.",
+)
+OUTBOX_PARKED = Counter(
+    "livedesk_outbox_parked_total",
+    "Outbox events parked in outbox_unroutable after no queue took them for too long.",
 )
 READY = Gauge("livedesk_ready", "1 when every readiness check passes, else 0.")
 

@@ -5,6 +5,14 @@ Writers call :meth:`Outbox.add` inside their own transaction. The
 publishes committed rows in id order with confirms and deletes them only
 after the broker confirmed. While RabbitMQ is unreachable the rows wait; the
 relay catches up when it returns. Delivery is at-least-once.
+
+An event the broker returns as unroutable (no queue bound to its type, e.g.
+while consumers are still starting) is retried with backoff without holding
+back the events behind it, and after ``unroutable_attempts`` tries is parked
+in ``outbox_unroutable`` (metric ``livedesk_outbox_parked_total``), never
+silently dropped. Order: events leave in commit order; after a broker failure
+in the middle of a batch, a later event may overtake an earlier one that is
+retried, so consumers order by ``seq`` / ``occurred_at`` where it matters.
 """
 
 from __future__ import annotations
@@ -17,9 +25,9 @@ import asyncpg
 
 from livedesk.platform.bus.envelope import Envelope, decode, encode, validate
 from livedesk.platform.bus.publisher import EventPublisher
-from livedesk.platform.errors import DecodeError, DependencyError, PublishError
+from livedesk.platform.errors import DecodeError, DependencyError, PublishError, UnroutableError
 from livedesk.platform.logging import get_logger
-from livedesk.platform.metrics import OUTBOX_PENDING
+from livedesk.platform.metrics import OUTBOX_PARKED, OUTBOX_PENDING
 from livedesk.platform.postgres import Connection
 
 __all__ = ["Outbox", "OutboxRelay"]
@@ -62,6 +70,7 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 1.0,
         retry_interval: float = 1.0,
+        unroutable_attempts: int = 20,
     ) -> None:
         self._dsn = dsn
         self._connect_publisher = connect_publisher
@@ -69,6 +78,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
+        self._unroutable_attempts = unroutable_attempts
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -124,9 +134,12 @@ class OutboxRelay:
                 await conn.close(timeout=2)
 
     async def _relay_batch(self, conn: asyncpg.Connection) -> int:
+        """Publish one batch; rows handled, or -1 when the broker is in trouble."""
         self._wake.clear()
         rows = await conn.fetch(
-            "SELECT id, body FROM outbox ORDER BY id LIMIT $1", self._batch_size
+            """SELECT id, body, attempts FROM outbox WHERE next_attempt_at <= now()
+               ORDER BY id LIMIT $1""",
+            self._batch_size,
         )
         OUTBOX_PENDING.set(len(rows))
         if not rows:
@@ -137,23 +150,60 @@ class OutboxRelay:
             except DependencyError as exc:
                 log.warning("outbox_broker_unreachable", error=str(exc), pending=len(rows))
                 return -1
-        envs = []
+        sendable, envs, done = [], [], []
         for row in rows:
             try:
                 envs.append(decode(row["body"]))
+                sendable.append(row)
             except DecodeError as exc:
                 # Rows are validated on insert; one that is not an event cannot be sent.
                 log.error("outbox_row_undecodable", row_id=row["id"], error=str(exc))
-        try:
-            await self._publisher.publish_many(envs)
-        except PublishError as exc:
-            log.warning("outbox_publish_failed", error=str(exc), pending=len(rows))
+                done.append(row["id"])
+        outcomes = await self._publisher.publish_each(envs)
+        unroutable = []
+        trouble: PublishError | None = None
+        for row, outcome in zip(sendable, outcomes, strict=True):
+            if outcome is None:
+                done.append(row["id"])
+            elif isinstance(outcome, UnroutableError):
+                unroutable.append(row)
+            else:
+                trouble = trouble or outcome
+        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
+        self.published += len(done)
+        if unroutable:
+            await self._defer(conn, unroutable)
+        if trouble is not None:
+            log.warning("outbox_publish_failed", error=str(trouble), pending=len(rows) - len(done))
             return -1
-        await conn.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-        )
-        self.published += len(rows)
         return len(rows)
+
+    async def _defer(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
+        """Retry unroutable events later without holding back the rest; park them at last."""
+        park = [r["id"] for r in rows if r["attempts"] + 1 >= self._unroutable_attempts]
+        retry = [r["id"] for r in rows if r["id"] not in park]
+        if retry:
+            # Back off 1 s, 2 s, 4 s ... up to a minute: consumers that bind late still get them.
+            await conn.execute(
+                """UPDATE outbox SET attempts = attempts + 1,
+                          next_attempt_at = now() + least(power(2, attempts), 60) * interval '1 s'
+                   WHERE id = ANY($1::bigint[])""",
+                retry,
+            )
+            log.warning("outbox_event_unroutable", retry_ids=retry)
+        if park:
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO outbox_unroutable
+                           (id, event_id, routing_key, body, created_at, attempts)
+                       SELECT id, event_id, routing_key, body, created_at, attempts + 1
+                       FROM outbox WHERE id = ANY($1::bigint[])
+                       ON CONFLICT DO NOTHING""",
+                    park,
+                )
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", park)
+            OUTBOX_PARKED.inc(len(park))
+            log.error("outbox_event_parked", ids=park, table="outbox_unroutable")
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

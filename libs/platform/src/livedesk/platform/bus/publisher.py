@@ -7,10 +7,12 @@ import time
 from collections.abc import Sequence
 
 import aio_pika
+import aiormq
+import pamqp.commands
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from livedesk.platform.bus.envelope import Envelope, encode, validate
-from livedesk.platform.errors import PublishError
+from livedesk.platform.errors import PublishError, UnroutableError
 from livedesk.platform.metrics import BUS_PUBLISH_SECONDS, BUS_PUBLISHED
 
 __all__ = ["EventPublisher", "to_amqp_message"]
@@ -80,11 +82,31 @@ class EventPublisher:
             await self._exchange.publish(
                 to_amqp_message(env), routing_key=env.type, mandatory=True, timeout=self._timeout
             )
-        except Exception as exc:  # every failure mode means "not confirmed"
+        except aiormq.exceptions.DeliveryError as exc:
+            BUS_PUBLISHED.labels(env.type, "failed").inc()
+            if isinstance(exc.frame, pamqp.commands.Basic.Return):
+                raise UnroutableError(
+                    f"event {env.event_id} ({env.type}) unroutable: no queue is bound"
+                ) from exc
+            raise PublishError(f"event {env.event_id} ({env.type}) nacked: {exc!r}") from exc
+        except Exception as exc:  # every other failure mode also means "not confirmed"
             BUS_PUBLISHED.labels(env.type, "failed").inc()
             raise PublishError(f"event {env.event_id} ({env.type}) not confirmed: {exc!r}") from exc
         BUS_PUBLISH_SECONDS.observe(time.perf_counter() - start)
         BUS_PUBLISHED.labels(env.type, "ok").inc()
+
+    async def publish_each(self, envs: Sequence[Envelope]) -> list[PublishError | None]:
+        """Publish all events with their confirms in flight together; each one's outcome."""
+        results = await asyncio.gather(*(self.publish(e) for e in envs), return_exceptions=True)
+        outcomes: list[PublishError | None] = []
+        for result in results:
+            if isinstance(result, PublishError) or result is None:
+                outcomes.append(result)
+            elif isinstance(result, Exception):
+                outcomes.append(PublishError(repr(result)))
+            else:
+                raise result
+        return outcomes
 
     async def publish_many(self, envs: Sequence[Envelope]) -> None:
         """Publish all events with their confirms in flight together.

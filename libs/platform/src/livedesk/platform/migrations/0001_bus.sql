@@ -10,10 +10,25 @@ CREATE TABLE IF NOT EXISTS processed_events (
 CREATE INDEX IF NOT EXISTS processed_events_processed_at ON processed_events (processed_at);
 
 -- Events committed with the state they describe, waiting for the relay.
+-- An event no queue is bound to yet is retried later (next_attempt_at) without
+-- holding back the others, and parked in outbox_unroutable after max attempts.
 CREATE TABLE IF NOT EXISTS outbox (
-    id          bigserial   PRIMARY KEY,
+    id              bigserial   PRIMARY KEY,
+    event_id        uuid        NOT NULL UNIQUE,
+    routing_key     text        NOT NULL,
+    body            bytea       NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT '-infinity'
+);
+CREATE INDEX IF NOT EXISTS outbox_retry ON outbox (next_attempt_at) WHERE attempts > 0;
+
+CREATE TABLE IF NOT EXISTS outbox_unroutable (
+    id          bigint      PRIMARY KEY,
     event_id    uuid        NOT NULL UNIQUE,
     routing_key text        NOT NULL,
     body        bytea       NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL,
+    parked_at   timestamptz NOT NULL DEFAULT now(),
+    attempts    integer     NOT NULL
 );

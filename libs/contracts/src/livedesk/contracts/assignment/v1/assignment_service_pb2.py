@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from livedesk.contracts.events.v1 import common_pb2 as livedesk_dot_events_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/livedesk/assignment/v1/assignment_service.proto\x12\x16livedesk.assignment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1flivedesk/events/v1/common.proto\"\x85\x02\n\x0c\x41gentProfile\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x0e\n\x06skills\x18\x06 \x03(\t\x12\x10\n\x08team_ids\x18\x07 \x03(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12)\n\x06shifts\x18\t \x03(\x0b\x32\x19.livedesk.events.v1.Shift\x12\x17\n\x0fpriority_weight\x18\n \x01(\x05\"\xa9\x01\n\nAgentState\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\x12\x1c\n\x14\x61\x63tive_conversations\x18\x02 \x01(\r\x12\x10\n\x08on_shift\x18\x03 \x01(\x08\x12\x34\n\x10last_assigned_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x01\n\x12QueuedConversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\r\x12.\n\x08priority\x18\x04 \x01(\x0e\x32\x1c.livedesk.events.v1.Priority\x12\x17\n\x0frequired_skills\x18\x05 \x03(\t\x12/\n\x06reason\x18\x06 \x01(\x0e\x32\x1f.livedesk.events.v1.QueueReason\x12-\n\tqueued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\nAssignment\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07team_id\x18\x03 \x01(\t\x12/\n\x0b\x61ssigned_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x15SetAgentStatusRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\"\xa6\x01\n\x16SetAgentStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x38\n\x0fprevious_status\x18\x02 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12!\n\x19requeued_conversation_ids\x18\x03 \x03(\t\"R\n\x19UpsertAgentProfileRequest\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\"d\n\x1aUpsertAgentProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"=\n\x16GetAgentProfileRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"P\n\x17GetAgentProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\"\x8f\x01\n\x11ListAgentsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"a\n\x12ListAgentsResponse\x12\x32\n\x06\x61gents\x18\x01 \x03(\x0b\x32\".livedesk.assignment.v1.AgentState\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x10ListQueueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x83\x01\n\x11ListQueueResponse\x12\x41\n\rconversations\x18\x01 \x03(\x0b\x32*.livedesk.assignment.v1.QueuedConversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"z\n\x19\x41ssignConversationRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\"T\n\x1a\x41ssignConversationResponse\x12\x36\n\nassignment\x18\x01 \x01(\x0b\x32\".livedesk.assignment.v1.Assignment\"\xab\x01\n\x1bTransferConversationRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\x08\x61gent_id\x18\x03 \x01(\tH\x00\x12\x11\n\x07team_id\x18\x04 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\x12\x10\n\x08\x61\x63tor_id\x18\x07 \x01(\tB\x08\n\x06target\"\xad\x01\n\x1cTransferConversationResponse\x12\x38\n\nassignment\x18\x01 \x01(\x0b\x32\".livedesk.assignment.v1.AssignmentH\x00\x12I\n\x13queued_conversation\x18\x02 \x01(\x0b\x32*.livedesk.assignment.v1.QueuedConversationH\x00\x42\x08\n\x06result\"{\n\x1aReleaseConversationRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0f\n\x07requeue\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\"\x81\x01\n\x1bReleaseConversationResponse\x12\x19\n\x11released_agent_id\x18\x01 \x01(\t\x12G\n\x13queued_conversation\x18\x02 \x01(\x0b\x32*.livedesk.assignment.v1.QueuedConversation2\xbd\x07\n\x11\x41ssignmentService\x12o\n\x0eSetAgentStatus\x12-.livedesk.assignment.v1.SetAgentStatusRequest\x1a..livedesk.assignment.v1.SetAgentStatusResponse\x12{\n\x12UpsertAgentProfile\x12\x31.livedesk.assignment.v1.UpsertAgentProfileRequest\x1a\x32.livedesk.assignment.v1.UpsertAgentProfileResponse\x12r\n\x0fGetAgentProfile\x12..livedesk.assignment.v1.GetAgentProfileRequest\x1a/.livedesk.assignment.v1.GetAgentProfileResponse\x12\x63\n\nListAgents\x12).livedesk.assignment.v1.ListAgentsRequest\x1a*.livedesk.assignment.v1.ListAgentsResponse\x12`\n\tListQueue\x12(.livedesk.assignment.v1.ListQueueRequest\x1a).livedesk.assignment.v1.ListQueueResponse\x12{\n\x12\x41ssignConversation\x12\x31.livedesk.assignment.v1.AssignConversationRequest\x1a\x32.livedesk.assignment.v1.AssignConversationResponse\x12\x81\x01\n\x14TransferConversation\x12\x33.livedesk.assignment.v1.TransferConversationRequest\x1a\x34.livedesk.assignment.v1.TransferConversationResponse\x12~\n\x13ReleaseConversation\x12\x32.livedesk.assignment.v1.ReleaseConversationRequest\x1a\x33.livedesk.assignment.v1.ReleaseConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/livedesk/assignment/v1/assignment_service.proto\x12\x16livedesk.assignment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1flivedesk/events/v1/common.proto\"\xc3\x02\n\x0c\x41gentProfile\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x06status\x18\x04 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x10\n\x08\x63\x61pacity\x18\x05 \x01(\r\x12\x0e\n\x06skills\x18\x06 \x03(\t\x12\x10\n\x08team_ids\x18\x07 \x03(\t\x12\x11\n\ttime_zone\x18\x08 \x01(\t\x12)\n\x06shifts\x18\t \x03(\x0b\x32\x19.livedesk.events.v1.Shift\x12\x17\n\x0fpriority_weight\x18\n \x01(\x05\x12<\n\x10shift_exceptions\x18\x0b \x03(\x0b\x32\".livedesk.events.v1.ShiftException\"\xa9\x01\n\nAgentState\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\x12\x1c\n\x14\x61\x63tive_conversations\x18\x02 \x01(\r\x12\x10\n\x08on_shift\x18\x03 \x01(\x08\x12\x34\n\x10last_assigned_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf9\x01\n\x12QueuedConversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\r\x12.\n\x08priority\x18\x04 \x01(\x0e\x32\x1c.livedesk.events.v1.Priority\x12\x17\n\x0frequired_skills\x18\x05 \x03(\t\x12/\n\x06reason\x18\x06 \x01(\x0e\x32\x1f.livedesk.events.v1.QueueReason\x12-\n\tqueued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\nAssignment\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07team_id\x18\x03 \x01(\t\x12/\n\x0b\x61ssigned_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x15SetAgentStatusRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\"\xa6\x01\n\x16SetAgentStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x38\n\x0fprevious_status\x18\x02 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12!\n\x19requeued_conversation_ids\x18\x03 \x03(\t\"R\n\x19UpsertAgentProfileRequest\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\"d\n\x1aUpsertAgentProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"=\n\x16GetAgentProfileRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"P\n\x17GetAgentProfileResponse\x12\x35\n\x07profile\x18\x01 \x01(\x0b\x32$.livedesk.assignment.v1.AgentProfile\"\x8f\x01\n\x11ListAgentsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12/\n\x06status\x18\x03 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"a\n\x12ListAgentsResponse\x12\x32\n\x06\x61gents\x18\x01 \x03(\x0b\x32\".livedesk.assignment.v1.AgentState\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"]\n\x10ListQueueRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07team_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x83\x01\n\x11ListQueueResponse\x12\x41\n\rconversations\x18\x01 \x03(\x0b\x32*.livedesk.assignment.v1.QueuedConversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"z\n\x19\x41ssignConversationRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\"T\n\x1a\x41ssignConversationResponse\x12\x36\n\nassignment\x18\x01 \x01(\x0b\x32\".livedesk.assignment.v1.Assignment\"\xab\x01\n\x1bTransferConversationRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\x08\x61gent_id\x18\x03 \x01(\tH\x00\x12\x11\n\x07team_id\x18\x04 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\x12\x10\n\x08\x61\x63tor_id\x18\x07 \x01(\tB\x08\n\x06target\"\xad\x01\n\x1cTransferConversationResponse\x12\x38\n\nassignment\x18\x01 \x01(\x0b\x32\".livedesk.assignment.v1.AssignmentH\x00\x12I\n\x13queued_conversation\x18\x02 \x01(\x0b\x32*.livedesk.assignment.v1.QueuedConversationH\x00\x42\x08\n\x06result\"{\n\x1aReleaseConversationRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0f\n\x07requeue\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\"\x81\x01\n\x1bReleaseConversationResponse\x12\x19\n\x11released_agent_id\x18\x01 \x01(\t\x12G\n\x13queued_conversation\x18\x02 \x01(\x0b\x32*.livedesk.assignment.v1.QueuedConversation\"Y\n\x1cReportConsolePresenceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tagent_ids\x18\x02 \x03(\t\x12\x13\n\x0breporter_id\x18\x03 \x01(\t\";\n\x1dReportConsolePresenceResponse\x12\x1a\n\x12restored_agent_ids\x18\x01 \x03(\t2\xc4\x08\n\x11\x41ssignmentService\x12o\n\x0eSetAgentStatus\x12-.livedesk.assignment.v1.SetAgentStatusRequest\x1a..livedesk.assignment.v1.SetAgentStatusResponse\x12{\n\x12UpsertAgentProfile\x12\x31.livedesk.assignment.v1.UpsertAgentProfileRequest\x1a\x32.livedesk.assignment.v1.UpsertAgentProfileResponse\x12r\n\x0fGetAgentProfile\x12..livedesk.assignment.v1.GetAgentProfileRequest\x1a/.livedesk.assignment.v1.GetAgentProfileResponse\x12\x63\n\nListAgents\x12).livedesk.assignment.v1.ListAgentsRequest\x1a*.livedesk.assignment.v1.ListAgentsResponse\x12`\n\tListQueue\x12(.livedesk.assignment.v1.ListQueueRequest\x1a).livedesk.assignment.v1.ListQueueResponse\x12{\n\x12\x41ssignConversation\x12\x31.livedesk.assignment.v1.AssignConversationRequest\x1a\x32.livedesk.assignment.v1.AssignConversationResponse\x12\x81\x01\n\x14TransferConversation\x12\x33.livedesk.assignment.v1.TransferConversationRequest\x1a\x34.livedesk.assignment.v1.TransferConversationResponse\x12~\n\x13ReleaseConversation\x12\x32.livedesk.assignment.v1.ReleaseConversationRequest\x1a\x33.livedesk.assignment.v1.ReleaseConversationResponse\x12\x84\x01\n\x15ReportConsolePresence\x12\x34.livedesk.assignment.v1.ReportConsolePresenceRequest\x1a\x35.livedesk.assignment.v1.ReportConsolePresenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,45 +34,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'livedesk.contracts.assignme
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTPROFILE']._serialized_start=142
-  _globals['_AGENTPROFILE']._serialized_end=403
-  _globals['_AGENTSTATE']._serialized_start=406
-  _globals['_AGENTSTATE']._serialized_end=575
-  _globals['_QUEUEDCONVERSATION']._serialized_start=578
-  _globals['_QUEUEDCONVERSATION']._serialized_end=827
-  _globals['_ASSIGNMENT']._serialized_start=829
-  _globals['_ASSIGNMENT']._serialized_end=950
-  _globals['_SETAGENTSTATUSREQUEST']._serialized_start=952
-  _globals['_SETAGENTSTATUSREQUEST']._serialized_end=1061
-  _globals['_SETAGENTSTATUSRESPONSE']._serialized_start=1064
-  _globals['_SETAGENTSTATUSRESPONSE']._serialized_end=1230
-  _globals['_UPSERTAGENTPROFILEREQUEST']._serialized_start=1232
-  _globals['_UPSERTAGENTPROFILEREQUEST']._serialized_end=1314
-  _globals['_UPSERTAGENTPROFILERESPONSE']._serialized_start=1316
-  _globals['_UPSERTAGENTPROFILERESPONSE']._serialized_end=1416
-  _globals['_GETAGENTPROFILEREQUEST']._serialized_start=1418
-  _globals['_GETAGENTPROFILEREQUEST']._serialized_end=1479
-  _globals['_GETAGENTPROFILERESPONSE']._serialized_start=1481
-  _globals['_GETAGENTPROFILERESPONSE']._serialized_end=1561
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1564
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1707
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1709
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1806
-  _globals['_LISTQUEUEREQUEST']._serialized_start=1808
-  _globals['_LISTQUEUEREQUEST']._serialized_end=1901
-  _globals['_LISTQUEUERESPONSE']._serialized_start=1904
-  _globals['_LISTQUEUERESPONSE']._serialized_end=2035
-  _globals['_ASSIGNCONVERSATIONREQUEST']._serialized_start=2037
-  _globals['_ASSIGNCONVERSATIONREQUEST']._serialized_end=2159
-  _globals['_ASSIGNCONVERSATIONRESPONSE']._serialized_start=2161
-  _globals['_ASSIGNCONVERSATIONRESPONSE']._serialized_end=2245
-  _globals['_TRANSFERCONVERSATIONREQUEST']._serialized_start=2248
-  _globals['_TRANSFERCONVERSATIONREQUEST']._serialized_end=2419
-  _globals['_TRANSFERCONVERSATIONRESPONSE']._serialized_start=2422
-  _globals['_TRANSFERCONVERSATIONRESPONSE']._serialized_end=2595
-  _globals['_RELEASECONVERSATIONREQUEST']._serialized_start=2597
-  _globals['_RELEASECONVERSATIONREQUEST']._serialized_end=2720
-  _globals['_RELEASECONVERSATIONRESPONSE']._serialized_start=2723
-  _globals['_RELEASECONVERSATIONRESPONSE']._serialized_end=2852
-  _globals['_ASSIGNMENTSERVICE']._serialized_start=2855
-  _globals['_ASSIGNMENTSERVICE']._serialized_end=3812
+  _globals['_AGENTPROFILE']._serialized_end=465
+  _globals['_AGENTSTATE']._serialized_start=468
+  _globals['_AGENTSTATE']._serialized_end=637
+  _globals['_QUEUEDCONVERSATION']._serialized_start=640
+  _globals['_QUEUEDCONVERSATION']._serialized_end=889
+  _globals['_ASSIGNMENT']._serialized_start=891
+  _globals['_ASSIGNMENT']._serialized_end=1012
+  _globals['_SETAGENTSTATUSREQUEST']._serialized_start=1014
+  _globals['_SETAGENTSTATUSREQUEST']._serialized_end=1123
+  _globals['_SETAGENTSTATUSRESPONSE']._serialized_start=1126
+  _globals['_SETAGENTSTATUSRESPONSE']._serialized_end=1292
+  _globals['_UPSERTAGENTPROFILEREQUEST']._serialized_start=1294
+  _globals['_UPSERTAGENTPROFILEREQUEST']._serialized_end=1376
+  _globals['_UPSERTAGENTPROFILERESPONSE']._serialized_start=1378
+  _globals['_UPSERTAGENTPROFILERESPONSE']._serialized_end=1478
+  _globals['_GETAGENTPROFILEREQUEST']._serialized_start=1480
+  _globals['_GETAGENTPROFILEREQUEST']._serialized_end=1541
+  _globals['_GETAGENTPROFILERESPONSE']._serialized_start=1543
+  _globals['_GETAGENTPROFILERESPONSE']._serialized_end=1623
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1626
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1769
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1771
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1868
+  _globals['_LISTQUEUEREQUEST']._serialized_start=1870
+  _globals['_LISTQUEUEREQUEST']._serialized_end=1963
+  _globals['_LISTQUEUERESPONSE']._serialized_start=1966
+  _globals['_LISTQUEUERESPONSE']._serialized_end=2097
+  _globals['_ASSIGNCONVERSATIONREQUEST']._serialized_start=2099
+  _globals['_ASSIGNCONVERSATIONREQUEST']._serialized_end=2221
+  _globals['_ASSIGNCONVERSATIONRESPONSE']._serialized_start=2223
+  _globals['_ASSIGNCONVERSATIONRESPONSE']._serialized_end=2307
+  _globals['_TRANSFERCONVERSATIONREQUEST']._serialized_start=2310
+  _globals['_TRANSFERCONVERSATIONREQUEST']._serialized_end=2481
+  _globals['_TRANSFERCONVERSATIONRESPONSE']._serialized_start=2484
+  _globals['_TRANSFERCONVERSATIONRESPONSE']._serialized_end=2657
+  _globals['_RELEASECONVERSATIONREQUEST']._serialized_start=2659
+  _globals['_RELEASECONVERSATIONREQUEST']._serialized_end=2782
+  _globals['_RELEASECONVERSATIONRESPONSE']._serialized_start=2785
+  _globals['_RELEASECONVERSATIONRESPONSE']._serialized_end=2914
+  _globals['_REPORTCONSOLEPRESENCEREQUEST']._serialized_start=2916
+  _globals['_REPORTCONSOLEPRESENCEREQUEST']._serialized_end=3005
+  _globals['_REPORTCONSOLEPRESENCERESPONSE']._serialized_start=3007
+  _globals['_REPORTCONSOLEPRESENCERESPONSE']._serialized_end=3066
+  _globals['_ASSIGNMENTSERVICE']._serialized_start=3069
+  _globals['_ASSIGNMENTSERVICE']._serialized_end=4161
 # @@protoc_insertion_point(module_scope)

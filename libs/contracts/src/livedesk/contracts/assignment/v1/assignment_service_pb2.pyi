@@ -46,6 +46,7 @@ class AgentProfile(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     SHIFTS_FIELD_NUMBER: _builtins.int
     PRIORITY_WEIGHT_FIELD_NUMBER: _builtins.int
+    SHIFT_EXCEPTIONS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Tenant the agent belongs to."""
     agent_id: _builtins.str
@@ -78,6 +79,12 @@ class AgentProfile(_message.Message):
     def shifts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Shift]:
         """Weekly working windows in time_zone; empty means always on shift."""
 
+    @_builtins.property
+    def shift_exceptions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ShiftException]:
+        """Dated exceptions to the weekly shifts (holidays, shorter days), at most
+        one per date.
+        """
+
     def __init__(
         self,
         *,
@@ -91,10 +98,11 @@ class AgentProfile(_message.Message):
         time_zone: _builtins.str = ...,
         shifts: _abc.Iterable[_common_pb2.Shift] | None = ...,
         priority_weight: _builtins.int = ...,
+        shift_exceptions: _abc.Iterable[_common_pb2.ShiftException] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "display_name", b"display_name", "priority_weight", b"priority_weight", "shifts", b"shifts", "skills", b"skills", "status", b"status", "team_ids", b"team_ids", "tenant_id", b"tenant_id", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "display_name", b"display_name", "priority_weight", b"priority_weight", "shift_exceptions", b"shift_exceptions", "shifts", b"shifts", "skills", b"skills", "status", b"status", "team_ids", b"team_ids", "tenant_id", b"tenant_id", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -745,3 +753,59 @@ class ReleaseConversationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseConversationResponse: _TypeAlias = ReleaseConversationResponse  # noqa: Y015
+
+@_typing.final
+class ReportConsolePresenceRequest(_message.Message):
+    """Request of AssignmentService.ReportConsolePresence."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    AGENT_IDS_FIELD_NUMBER: _builtins.int
+    REPORTER_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Tenant of the agents. Required."""
+    reporter_id: _builtins.str
+    """Id of the reporting chat pod. Required."""
+    @_builtins.property
+    def agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents with a live console on the reporting pod; may be empty."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        agent_ids: _abc.Iterable[_builtins.str] | None = ...,
+        reporter_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids", b"agent_ids", "reporter_id", b"reporter_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportConsolePresenceRequest: _TypeAlias = ReportConsolePresenceRequest  # noqa: Y015
+
+@_typing.final
+class ReportConsolePresenceResponse(_message.Message):
+    """Response of AssignmentService.ReportConsolePresence."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTORED_AGENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def restored_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents of the report that were away by presence and are online again."""
+
+    def __init__(
+        self,
+        *,
+        restored_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["restored_agent_ids", b"restored_agent_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportConsolePresenceResponse: _TypeAlias = ReportConsolePresenceResponse  # noqa: Y015

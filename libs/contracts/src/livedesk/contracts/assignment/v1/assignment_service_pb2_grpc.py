@@ -76,6 +76,11 @@ class AssignmentServiceStub:
                 request_serializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReleaseConversationRequest.SerializeToString,
                 response_deserializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReleaseConversationResponse.FromString,
                 _registered_method=True)
+        self.ReportConsolePresence = channel.unary_unary(
+                '/livedesk.assignment.v1.AssignmentService/ReportConsolePresence',
+                request_serializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReportConsolePresenceRequest.SerializeToString,
+                response_deserializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReportConsolePresenceResponse.FromString,
+                _registered_method=True)
 
 
 class AssignmentServiceServicer:
@@ -187,6 +192,21 @@ class AssignmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportConsolePresence(self, request, context):
+        """Reports the agents whose console is live on one chat pod, called by
+        every chat pod every few seconds (an empty list is allowed). An online
+        agent that no report names for the presence grace period becomes away
+        automatically ("agent.status_changed" with automatic = true); an agent
+        made away that way becomes online again when a report names it. Unknown
+        agent ids are ignored.
+
+        Errors: INVALID_ARGUMENT (missing tenant_id or reporter_id, an empty
+        agent id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssignmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +249,11 @@ def add_AssignmentServiceServicer_to_server(servicer, server):
                     servicer.ReleaseConversation,
                     request_deserializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReleaseConversationRequest.FromString,
                     response_serializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReleaseConversationResponse.SerializeToString,
+            ),
+            'ReportConsolePresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportConsolePresence,
+                    request_deserializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReportConsolePresenceRequest.FromString,
+                    response_serializer=livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReportConsolePresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +474,33 @@ class AssignmentService:
             '/livedesk.assignment.v1.AssignmentService/ReleaseConversation',
             livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReleaseConversationRequest.SerializeToString,
             livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReleaseConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportConsolePresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/livedesk.assignment.v1.AssignmentService/ReportConsolePresence',
+            livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReportConsolePresenceRequest.SerializeToString,
+            livedesk_dot_assignment_dot_v1_dot_assignment__service__pb2.ReportConsolePresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

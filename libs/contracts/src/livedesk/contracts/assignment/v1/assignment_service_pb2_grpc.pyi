@@ -115,6 +115,17 @@ class AssignmentServiceStub:
     NOT_FOUND (unknown conversation); FAILED_PRECONDITION (requeue asked for
     a resolved conversation: reopen it instead).
     """
+    ReportConsolePresence: _grpc.UnaryUnaryMultiCallable[_assignment_service_pb2.ReportConsolePresenceRequest, _assignment_service_pb2.ReportConsolePresenceResponse]
+    """Reports the agents whose console is live on one chat pod, called by
+    every chat pod every few seconds (an empty list is allowed). An online
+    agent that no report names for the presence grace period becomes away
+    automatically ("agent.status_changed" with automatic = true); an agent
+    made away that way becomes online again when a report names it. Unknown
+    agent ids are ignored.
+
+    Errors: INVALID_ARGUMENT (missing tenant_id or reporter_id, an empty
+    agent id).
+    """
 
 @_typing.type_check_only
 class AssignmentServiceAsyncStub(AssignmentServiceStub):
@@ -194,6 +205,17 @@ class AssignmentServiceAsyncStub(AssignmentServiceStub):
     Errors: INVALID_ARGUMENT (missing tenant_id or conversation_id);
     NOT_FOUND (unknown conversation); FAILED_PRECONDITION (requeue asked for
     a resolved conversation: reopen it instead).
+    """
+    ReportConsolePresence: _aio.UnaryUnaryMultiCallable[_assignment_service_pb2.ReportConsolePresenceRequest, _assignment_service_pb2.ReportConsolePresenceResponse]  # type: ignore[assignment]
+    """Reports the agents whose console is live on one chat pod, called by
+    every chat pod every few seconds (an empty list is allowed). An online
+    agent that no report names for the presence grace period becomes away
+    automatically ("agent.status_changed" with automatic = true); an agent
+    made away that way becomes online again when a report names it. Unknown
+    agent ids are ignored.
+
+    Errors: INVALID_ARGUMENT (missing tenant_id or reporter_id, an empty
+    agent id).
     """
 
 class AssignmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -319,6 +341,23 @@ class AssignmentServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (missing tenant_id or conversation_id);
         NOT_FOUND (unknown conversation); FAILED_PRECONDITION (requeue asked for
         a resolved conversation: reopen it instead).
+        """
+
+    @_abc_1.abstractmethod
+    def ReportConsolePresence(
+        self,
+        request: _assignment_service_pb2.ReportConsolePresenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_assignment_service_pb2.ReportConsolePresenceResponse, _abc.Awaitable[_assignment_service_pb2.ReportConsolePresenceResponse]]:
+        """Reports the agents whose console is live on one chat pod, called by
+        every chat pod every few seconds (an empty list is allowed). An online
+        agent that no report names for the presence grace period becomes away
+        automatically ("agent.status_changed" with automatic = true); an agent
+        made away that way becomes online again when a report names it. Unknown
+        agent ids are ignored.
+
+        Errors: INVALID_ARGUMENT (missing tenant_id or reporter_id, an empty
+        agent id).
         """
 
 def add_AssignmentServiceServicer_to_server(servicer: AssignmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from livedesk.contracts.events.v1 import common_pb2 as livedesk_dot_events_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elivedesk/events/v1/agent.proto\x12\x12livedesk.events.v1\x1a\x1flivedesk/events/v1/common.proto\"\x91\x01\n\x12\x41gentStatusChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x38\n\x0fprevious_status\x18\x03 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\"\xc8\x01\n\x13\x41gentProfileChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0e\n\x06skills\x18\x04 \x03(\t\x12\x10\n\x08team_ids\x18\x05 \x03(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12)\n\x06shifts\x18\x07 \x03(\x0b\x32\x19.livedesk.events.v1.Shift\x12\x17\n\x0fpriority_weight\x18\x08 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elivedesk/events/v1/agent.proto\x12\x12livedesk.events.v1\x1a\x1flivedesk/events/v1/common.proto\"\xa4\x01\n\x12\x41gentStatusChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x38\n\x0fprevious_status\x18\x03 \x01(\x0e\x32\x1f.livedesk.events.v1.AgentStatus\x12\x11\n\tautomatic\x18\x04 \x01(\x08\"\x86\x02\n\x13\x41gentProfileChanged\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x0e\n\x06skills\x18\x04 \x03(\t\x12\x10\n\x08team_ids\x18\x05 \x03(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12)\n\x06shifts\x18\x07 \x03(\x0b\x32\x19.livedesk.events.v1.Shift\x12\x17\n\x0fpriority_weight\x18\x08 \x01(\x05\x12<\n\x10shift_exceptions\x18\t \x03(\x0b\x32\".livedesk.events.v1.ShiftExceptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'livedesk.contracts.events.v
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTSTATUSCHANGED']._serialized_start=88
-  _globals['_AGENTSTATUSCHANGED']._serialized_end=233
-  _globals['_AGENTPROFILECHANGED']._serialized_start=236
-  _globals['_AGENTPROFILECHANGED']._serialized_end=436
+  _globals['_AGENTSTATUSCHANGED']._serialized_end=252
+  _globals['_AGENTPROFILECHANGED']._serialized_start=255
+  _globals['_AGENTPROFILECHANGED']._serialized_end=517
 # @@protoc_insertion_point(module_scope)

@@ -30,22 +30,29 @@ class AgentStatusChanged(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    AUTOMATIC_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Agent whose status changed."""
     status: _common_pb2.AgentStatus.ValueType
     """New status."""
     previous_status: _common_pb2.AgentStatus.ValueType
     """Status before the change; AGENT_STATUS_UNSPECIFIED for a new agent."""
+    automatic: _builtins.bool
+    """True when the routing engine changed the status by itself (an online
+    agent whose console stopped reporting presence became away); false when
+    the agent or an admin set it.
+    """
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         status: _common_pb2.AgentStatus.ValueType = ...,
         previous_status: _common_pb2.AgentStatus.ValueType = ...,
+        automatic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "previous_status", b"previous_status", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "automatic", b"automatic", "previous_status", b"previous_status", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -67,6 +74,7 @@ class AgentProfileChanged(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     SHIFTS_FIELD_NUMBER: _builtins.int
     PRIORITY_WEIGHT_FIELD_NUMBER: _builtins.int
+    SHIFT_EXCEPTIONS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Agent whose profile changed."""
     display_name: _builtins.str
@@ -89,6 +97,10 @@ class AgentProfileChanged(_message.Message):
     def shifts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Shift]:
         """Weekly working windows; empty means always on shift."""
 
+    @_builtins.property
+    def shift_exceptions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ShiftException]:
+        """Dated exceptions to the weekly shifts (holidays, shorter days)."""
+
     def __init__(
         self,
         *,
@@ -100,10 +112,11 @@ class AgentProfileChanged(_message.Message):
         time_zone: _builtins.str = ...,
         shifts: _abc.Iterable[_common_pb2.Shift] | None = ...,
         priority_weight: _builtins.int = ...,
+        shift_exceptions: _abc.Iterable[_common_pb2.ShiftException] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "display_name", b"display_name", "priority_weight", b"priority_weight", "shifts", b"shifts", "skills", b"skills", "team_ids", b"team_ids", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capacity", b"capacity", "display_name", b"display_name", "priority_weight", b"priority_weight", "shift_exceptions", b"shift_exceptions", "shifts", b"shifts", "skills", b"skills", "team_ids", b"team_ids", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

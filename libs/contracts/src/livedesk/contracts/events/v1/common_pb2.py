@@ -24,23 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flivedesk/events/v1/common.proto\x12\x12livedesk.events.v1\"_\n\x05Shift\x12,\n\x07weekday\x18\x01 \x01(\x0e\x32\x1b.livedesk.events.v1.Weekday\x12\x14\n\x0cstart_minute\x18\x02 \x01(\r\x12\x12\n\nend_minute\x18\x03 \x01(\r*s\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x13\n\x0fPRIORITY_URGENT\x10\x04*l\n\tActorKind\x12\x1a\n\x16\x41\x43TOR_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43TOR_KIND_VISITOR\x10\x01\x12\x14\n\x10\x41\x43TOR_KIND_AGENT\x10\x02\x12\x15\n\x11\x41\x43TOR_KIND_SYSTEM\x10\x03*u\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ONLINE\x10\x01\x12\x15\n\x11\x41GENT_STATUS_AWAY\x10\x02\x12\x18\n\x14\x41GENT_STATUS_OFFLINE\x10\x03*\xec\x01\n\x0bQueueReason\x12\x1c\n\x18QUEUE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fQUEUE_REASON_NO_AGENT_AVAILABLE\x10\x01\x12\x1e\n\x1aQUEUE_REASON_AGENT_OFFLINE\x10\x02\x12\x1e\n\x1aQUEUE_REASON_AGENT_TIMEOUT\x10\x03\x12\x19\n\x15QUEUE_REASON_RELEASED\x10\x04\x12$\n QUEUE_REASON_TRANSFERRED_TO_TEAM\x10\x05\x12\x19\n\x15QUEUE_REASON_REOPENED\x10\x06*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flivedesk/events/v1/common.proto\x12\x12livedesk.events.v1\"_\n\x05Shift\x12,\n\x07weekday\x18\x01 \x01(\x0e\x32\x1b.livedesk.events.v1.Weekday\x12\x14\n\x0cstart_minute\x18\x02 \x01(\r\x12\x12\n\nend_minute\x18\x03 \x01(\r\"Y\n\x0eShiftException\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61y_off\x18\x02 \x01(\x08\x12\x14\n\x0cstart_minute\x18\x03 \x01(\r\x12\x12\n\nend_minute\x18\x04 \x01(\r*s\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x13\n\x0fPRIORITY_URGENT\x10\x04*l\n\tActorKind\x12\x1a\n\x16\x41\x43TOR_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43TOR_KIND_VISITOR\x10\x01\x12\x14\n\x10\x41\x43TOR_KIND_AGENT\x10\x02\x12\x15\n\x11\x41\x43TOR_KIND_SYSTEM\x10\x03*u\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATUS_ONLINE\x10\x01\x12\x15\n\x11\x41GENT_STATUS_AWAY\x10\x02\x12\x18\n\x14\x41GENT_STATUS_OFFLINE\x10\x03*\xec\x01\n\x0bQueueReason\x12\x1c\n\x18QUEUE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fQUEUE_REASON_NO_AGENT_AVAILABLE\x10\x01\x12\x1e\n\x1aQUEUE_REASON_AGENT_OFFLINE\x10\x02\x12\x1e\n\x1aQUEUE_REASON_AGENT_TIMEOUT\x10\x03\x12\x19\n\x15QUEUE_REASON_RELEASED\x10\x04\x12$\n QUEUE_REASON_TRANSFERRED_TO_TEAM\x10\x05\x12\x19\n\x15QUEUE_REASON_REOPENED\x10\x06*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'livedesk.contracts.events.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=152
-  _globals['_PRIORITY']._serialized_end=267
-  _globals['_ACTORKIND']._serialized_start=269
-  _globals['_ACTORKIND']._serialized_end=377
-  _globals['_AGENTSTATUS']._serialized_start=379
-  _globals['_AGENTSTATUS']._serialized_end=496
-  _globals['_QUEUEREASON']._serialized_start=499
-  _globals['_QUEUEREASON']._serialized_end=735
-  _globals['_WEEKDAY']._serialized_start=738
-  _globals['_WEEKDAY']._serialized_end=920
+  _globals['_PRIORITY']._serialized_start=243
+  _globals['_PRIORITY']._serialized_end=358
+  _globals['_ACTORKIND']._serialized_start=360
+  _globals['_ACTORKIND']._serialized_end=468
+  _globals['_AGENTSTATUS']._serialized_start=470
+  _globals['_AGENTSTATUS']._serialized_end=587
+  _globals['_QUEUEREASON']._serialized_start=590
+  _globals['_QUEUEREASON']._serialized_end=826
+  _globals['_WEEKDAY']._serialized_start=829
+  _globals['_WEEKDAY']._serialized_end=1011
   _globals['_SHIFT']._serialized_start=55
   _globals['_SHIFT']._serialized_end=150
+  _globals['_SHIFTEXCEPTION']._serialized_start=152
+  _globals['_SHIFTEXCEPTION']._serialized_end=241
 # @@protoc_insertion_point(module_scope)

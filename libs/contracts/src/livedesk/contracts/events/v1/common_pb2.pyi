@@ -226,3 +226,46 @@ class Shift(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Shift: _TypeAlias = Shift  # noqa: Y015
+
+@_typing.final
+class ShiftException(_message.Message):
+    """A dated exception to an agent's weekly shifts (a holiday, a shorter day),
+    on a calendar date in the agent's own time zone. On that date the
+    exception replaces the weekly shifts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    DAY_OFF_FIELD_NUMBER: _builtins.int
+    START_MINUTE_FIELD_NUMBER: _builtins.int
+    END_MINUTE_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """Local calendar date, ISO 8601 "YYYY-MM-DD"."""
+    day_off: _builtins.bool
+    """True when the agent does not work at all that day; the minutes are then
+    ignored.
+    """
+    start_minute: _builtins.int
+    """Start of the only working window that day, in minutes after local
+    midnight, 0..1439, inclusive (when day_off is false).
+    """
+    end_minute: _builtins.int
+    """End of that window in minutes after local midnight, 1..1440, exclusive;
+    greater than start_minute (when day_off is false).
+    """
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        day_off: _builtins.bool = ...,
+        start_minute: _builtins.int = ...,
+        end_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "day_off", b"day_off", "end_minute", b"end_minute", "start_minute", b"start_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShiftException: _TypeAlias = ShiftException  # noqa: Y015

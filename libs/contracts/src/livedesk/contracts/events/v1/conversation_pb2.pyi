@@ -142,6 +142,7 @@ class ConversationQueued(_message.Message):
     TEAM_ID_FIELD_NUMBER: _builtins.int
     PREVIOUS_AGENT_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    POSITION_UPDATE_FIELD_NUMBER: _builtins.int
     position: _builtins.int
     """1-based position in its queue when the event was produced."""
     reason: _common_pb2.QueueReason.ValueType
@@ -152,6 +153,11 @@ class ConversationQueued(_message.Message):
     """Agent the conversation was taken from; empty for a new conversation."""
     priority: _common_pb2.Priority.ValueType
     """Routing priority the conversation waits with."""
+    position_update: _builtins.bool
+    """True when the event only announces a new position of a conversation
+    that was already waiting (others ahead of it were served or left);
+    reason and previous_agent_id then repeat those of its queueing.
+    """
     def __init__(
         self,
         *,
@@ -160,10 +166,11 @@ class ConversationQueued(_message.Message):
         team_id: _builtins.str = ...,
         previous_agent_id: _builtins.str = ...,
         priority: _common_pb2.Priority.ValueType = ...,
+        position_update: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "previous_agent_id", b"previous_agent_id", "priority", b"priority", "reason", b"reason", "team_id", b"team_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "position_update", b"position_update", "previous_agent_id", b"previous_agent_id", "priority", b"priority", "reason", b"reason", "team_id", b"team_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
