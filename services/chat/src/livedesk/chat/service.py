@@ -1,16 +1,35 @@
-"""Wiring of a chat pod: dependencies, HTTP server, outbox relay, graceful stop."""
+"""Wiring of a chat pod: dependencies, HTTP + WebSocket server, outbox relay, graceful stop."""
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
 
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
-from livedesk.chat.api import MAX_BODY, add_api_routes
+from livedesk.chat.actions import ChatActions
+from livedesk.chat.api_admin import add_admin_routes
+from livedesk.chat.api_auth import add_auth_routes
+from livedesk.chat.api_conversations import add_conversation_routes
+from livedesk.chat.api_support import CHAT_KEY, ChatContext, chat_errors
+from livedesk.chat.conversations import ConversationStore
+from livedesk.chat.directory import Directory
+from livedesk.chat.fanout import Hub
+from livedesk.chat.inbound import INBOUND_EVENT_TYPES, RoutingEvents
 from livedesk.chat.settings import ChatSettings
-from livedesk.chat.store import ConversationStore
-from livedesk.platform.bus import EventPublisher, connect
+from livedesk.chat.sockets import SocketRegistry
+from livedesk.chat.ws import WS_KEY, WsContext, websocket
+from livedesk.platform.auth import load_issuer, load_verifier
+from livedesk.platform.auth.http import VERIFIER_KEY
+from livedesk.platform.bus import EventConsumer, EventPublisher, QueueTopology, connect
 from livedesk.platform.bus.outbox import OutboxRelay
+from livedesk.platform.errors import DependencyError
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger
@@ -19,17 +38,74 @@ from livedesk.platform.redis import connect_redis
 from livedesk.platform.runtime import Shutdown, serve_http
 from livedesk.platform.settings import load_settings
 
-__all__ = ["main"]
+__all__ = ["OPENAPI_TEXT", "create_app", "main"]
 
 log = get_logger("livedesk.chat")
 
+OPENAPI_TEXT = resources.files("livedesk.chat").joinpath("openapi.yaml").read_text("utf-8")
+MAX_BODY = 64 * 1024
 
-def create_app(store: ConversationStore, health: HealthChecks) -> web.Application:
-    """The chat HTTP application."""
-    app = web.Application(middlewares=[request_context, json_errors], client_max_size=MAX_BODY)
+
+async def _openapi(_: web.Request) -> web.Response:
+    return web.Response(text=OPENAPI_TEXT, content_type="application/yaml")
+
+
+def create_app(
+    ctx: ChatContext, actions: ChatActions, ws: WsContext, health: HealthChecks
+) -> web.Application:
+    """The chat HTTP application: REST API, WebSocket endpoint, ops routes."""
+    app = web.Application(
+        middlewares=[request_context, json_errors, chat_errors], client_max_size=MAX_BODY
+    )
+    app[CHAT_KEY] = ctx
+    app[WS_KEY] = ws
+    app[VERIFIER_KEY] = ws.verifier
     add_ops_routes(app, health)
-    add_api_routes(app, store)
+    app.router.add_get("/api/v1/openapi.yaml", _openapi)
+    add_auth_routes(app)
+    add_admin_routes(app)
+    add_conversation_routes(app, actions)
+    app.router.add_get("/ws", websocket)
     return app
+
+
+@asynccontextmanager
+async def _routing_consumer(settings: ChatSettings, handler: RoutingEvents) -> AsyncIterator[None]:
+    """Consume routing events; keeps trying in the background while RabbitMQ is away."""
+    started: list[tuple[AbstractRobustConnection, EventConsumer]] = []
+
+    async def run() -> None:
+        while True:
+            try:
+                connection = await connect(settings.amqp_url, "chat-routing")
+                break
+            except DependencyError as exc:
+                log.warning("routing_consumer_waiting_for_broker", error=str(exc))
+                await asyncio.sleep(2)
+        consumer = EventConsumer(
+            connection,
+            exchange_name=settings.amqp_exchange,
+            topology=QueueTopology(
+                f"{settings.amqp_queue_prefix}chat", retry_delays_ms=settings.amqp_retry_delays_ms
+            ),
+            event_types=INBOUND_EVENT_TYPES,
+            handler=handler.handle,
+            prefetch=settings.amqp_prefetch,
+        )
+        started.append((connection, consumer))
+        await consumer.start()
+
+    task = asyncio.create_task(run(), name="routing-consumer")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        for connection, consumer in started:
+            await consumer.stop(settings.shutdown_timeout / 4)
+            with contextlib.suppress(Exception):
+                await connection.close()
 
 
 async def main(shutdown: Shutdown) -> None:
@@ -37,6 +113,8 @@ async def main(shutdown: Shutdown) -> None:
     settings = load_settings(ChatSettings)
     configure_logging("chat", settings.log_level, settings.log_format)
     shutdown.drain_timeout = settings.shutdown_timeout
+    pod_id = settings.pod_id or f"{socket.gethostname()}-{os.getpid()}"
+    issuer, verifier = load_issuer(settings), load_verifier(settings)
     async with AsyncExitStack() as stack:
         pool = await open_database(
             settings.database_url,
@@ -47,6 +125,9 @@ async def main(shutdown: Shutdown) -> None:
         stack.push_async_callback(pool.close)
         redis = await connect_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
+        hub = Hub(redis)
+        await hub.start()
+        stack.push_async_callback(hub.stop)
 
         async def connect_publisher() -> EventPublisher:
             connection = await connect(settings.amqp_url, "chat-outbox")
@@ -62,14 +143,30 @@ async def main(shutdown: Shutdown) -> None:
         # or readiness dependency here.
         relay = OutboxRelay(settings.database_url, connect_publisher)
         relay.start()
-        stack.push_async_callback(relay.stop, settings.shutdown_timeout / 2)
+        stack.push_async_callback(relay.stop, settings.shutdown_timeout / 3)
 
+        directory = Directory(pool)
+        conversations = ConversationStore(pool)
+        actions = ChatActions(conversations, directory, hub, settings.max_message_chars)
+        await stack.enter_async_context(_routing_consumer(settings, RoutingEvents(actions)))
+
+        registry = SocketRegistry(
+            settings.ws_connections_per_user,
+            settings.ws_messages_per_second * 2,
+            settings.ws_message_burst * 2,
+        )
         health = HealthChecks()
         health.add("postgres", lambda: pool.fetchval("SELECT 1"))
         health.add("redis", redis.ping)
-        app = create_app(ConversationStore(pool), health)
+        app = create_app(
+            ChatContext(settings, directory, conversations, issuer),
+            actions,
+            WsContext(settings, actions, registry, verifier, redis),
+            health,
+        )
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))
-        log.info("chat_started", port=settings.port)
+        log.info("chat_started", port=settings.port, pod_id=pod_id)
         await shutdown.wait()
         health.draining = True
-        log.info("chat_draining")
+        log.info("chat_draining", sockets=len(registry.sockets))
+        await registry.drain(timeout=min(2.0, settings.shutdown_timeout / 4))

@@ -4,14 +4,32 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from livedesk.platform.auth import AuthSettings
 from livedesk.platform.settings import AmqpSettings, PostgresSettings, ServiceSettings
 
 __all__ = ["ChatSettings"]
 
 
-class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings):
+class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings):
     """Everything a chat pod reads from its environment."""
 
     port: int = Field(8000, ge=1, le=65535)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/livedesk_chat"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    assignment_grpc_url: str = "127.0.0.1:50051"
+    pod_id: str = Field("", max_length=128)
+
+    access_token_ttl: int = Field(900, ge=30, le=86400)
+    refresh_token_ttl: int = Field(30 * 86400, ge=300, le=365 * 86400)
+    visitor_token_ttl: int = Field(12 * 3600, ge=60, le=30 * 86400)
+    ws_ticket_ttl: int = Field(30, ge=5, le=300)
+
+    max_message_chars: int = Field(4000, ge=1, le=32000)
+    ws_max_frame_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    ws_send_queue: int = Field(1000, ge=10, le=100_000)
+    ws_messages_per_second: float = Field(10, gt=0, le=10_000)
+    ws_message_burst: int = Field(20, ge=1, le=100_000)
+    ws_connections_per_user: int = Field(10, ge=1, le=10_000)
+    ws_heartbeat: float = Field(30, gt=0, le=600)
+    ws_replay_limit: int = Field(500, ge=10, le=10_000)
+    presence_interval: float = Field(5, gt=0, le=300)

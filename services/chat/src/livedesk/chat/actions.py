@@ -1,0 +1,151 @@
+"""What callers can do to conversations, shared by the REST API and the WebSocket.
+
+Each action checks access, changes the store (state and event commit
+together), then fans the change out to connected sockets.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from livedesk.chat.access import Principal, check_post, check_view
+from livedesk.chat.conversations import ConversationStore
+from livedesk.chat.directory import Directory
+from livedesk.chat.errors import Forbidden, Invalid
+from livedesk.chat.fanout import Hub, conversation_channel, staff_channel
+from livedesk.chat.frames import conversation_notice, dumps, message_frame
+from livedesk.chat.models import Conversation, Message
+
+__all__ = ["ChatActions"]
+
+
+class ChatActions:
+    """Conversation use cases for an authenticated principal."""
+
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        directory: Directory,
+        hub: Hub,
+        max_message_chars: int,
+    ) -> None:
+        self.conversations = conversations
+        self.directory = directory
+        self.hub = hub
+        self.max_message_chars = max_message_chars
+
+    async def team_ids(self, principal: Principal) -> list[uuid.UUID]:
+        """The principal's teams (empty for visitors and admins, who do not need them)."""
+        if principal.role != "agent":
+            return []
+        return await self.directory.team_ids_of(principal.tenant_id, principal.subject_id)
+
+    async def visible(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        team_ids: Sequence[uuid.UUID] | None = None,
+    ) -> Conversation:
+        """The conversation, if the principal may see it (NotFound otherwise)."""
+        conversation = await self.conversations.get(principal.tenant_id, conversation_id)
+        if team_ids is None:
+            team_ids = await self.team_ids(principal)
+        check_view(principal, conversation, team_ids)
+        return conversation
+
+    async def open(self, principal: Principal, subject: str, priority: int) -> Conversation:
+        """A visitor opens a conversation in their inbox."""
+        if principal.role != "visitor":
+            raise Forbidden("conversations are opened by visitors")
+        visitor = await self.directory.visitor(principal.tenant_id, principal.subject_id)
+        inbox = await self.directory.inbox(principal.tenant_id, visitor.inbox_id)
+        conversation = await self.conversations.create(
+            inbox, visitor.id, subject=subject, priority=priority
+        )
+        await self.hub.publish(
+            staff_channel(conversation.tenant_id), conversation_notice("created", conversation)
+        )
+        return conversation
+
+    async def send(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        body: str,
+        client_msg_id: str | None,
+        team_ids: Sequence[uuid.UUID] | None = None,
+    ) -> tuple[Message, bool]:
+        """Post a message; (message, created). Committed before this returns."""
+        if not body.strip():
+            raise Invalid("body is empty")
+        if len(body) > self.max_message_chars:
+            raise Invalid(f"body is longer than {self.max_message_chars} characters")
+        conversation = await self.visible(principal, conversation_id, team_ids)
+        check_post(principal, conversation)
+        message, created, reopened = await self.conversations.post_message(
+            conversation,
+            sender_kind="visitor" if principal.role == "visitor" else "agent",
+            sender_id=principal.subject_id,
+            body=body,
+            client_msg_id=client_msg_id,
+        )
+        if reopened is not None:
+            await self._announce("reopened", reopened)
+        if created:
+            await self.hub.publish(conversation_channel(conversation.id), message_frame(message))
+        return message, created
+
+    async def resolve(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:
+        """Close a conversation (its agent, an admin, or its visitor)."""
+        conversation = await self.visible(principal, conversation_id)
+        check_post(principal, conversation)
+        resolved = await self.conversations.resolve(
+            conversation, principal.subject_id, principal.role
+        )
+        await self._announce("resolved", resolved)
+        return resolved
+
+    async def reopen(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:
+        """Queue a resolved conversation again."""
+        conversation = await self.visible(principal, conversation_id)
+        if principal.role == "agent" and conversation.agent_id != principal.subject_id:
+            raise Forbidden("only the last agent, an admin or the visitor reopens")
+        reopened = await self.conversations.reopen(
+            conversation, principal.subject_id, principal.role
+        )
+        await self._announce("reopened", reopened)
+        return reopened
+
+    async def mark_read(
+        self,
+        principal: Principal,
+        conversation_id: uuid.UUID,
+        seq: int,
+        team_ids: Sequence[uuid.UUID] | None = None,
+    ) -> int:
+        """Advance the caller's read marker and tell the other participants."""
+        conversation = await self.visible(principal, conversation_id, team_ids)
+        stored = await self.conversations.mark_read(conversation, principal.subject_id, seq)
+        await self.hub.publish(
+            conversation_channel(conversation.id),
+            dumps(
+                {
+                    "type": "read",
+                    "conversation_id": str(conversation.id),
+                    "reader_id": str(principal.subject_id),
+                    "reader_kind": "visitor" if principal.role == "visitor" else "agent",
+                    "seq": stored,
+                }
+            ),
+        )
+        return stored
+
+    async def _announce(self, event: str, conversation: Conversation, **extra: object) -> None:
+        frame = conversation_notice(event, conversation, **extra)
+        await self.hub.publish(conversation_channel(conversation.id), frame)
+        await self.hub.publish(staff_channel(conversation.tenant_id), frame)
+
+    async def announce(self, event: str, conversation: Conversation, **extra: object) -> None:
+        """Tell the conversation's participants and the tenant's consoles of a change."""
+        await self._announce(event, conversation, **extra)

@@ -1,0 +1,436 @@
+"""The conversation data-access layer: every read and write of conversation data goes here.
+
+Keyed by conversation_id, so that sharding and read replicas can be added
+behind this seam without touching handlers. Every state change commits with
+its event in the outbox (same transaction), so the bus sees exactly what the
+database holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+from google.protobuf.message import Message as ProtoMessage
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from livedesk.chat.errors import Conflict, NotFound
+from livedesk.chat.models import Conversation, Inbox, Message, SenderKind, record
+from livedesk.contracts.events.v1.common_pb2 import ActorKind
+from livedesk.contracts.events.v1.conversation_pb2 import (
+    ConversationCreated,
+    ConversationReopened,
+    ConversationResolved,
+)
+from livedesk.contracts.events.v1.csat_pb2 import CsatSubmitted
+from livedesk.contracts.events.v1.message_pb2 import MessageCreated
+from livedesk.platform.bus import new_event
+from livedesk.platform.bus.outbox import Outbox
+from livedesk.platform.ids import uuid7
+from livedesk.platform.postgres import Connection
+
+__all__ = ["PRODUCER", "ConversationStore", "Page"]
+
+PRODUCER = "chat"
+
+_ACTOR_KIND = {
+    "visitor": ActorKind.ACTOR_KIND_VISITOR,
+    "agent": ActorKind.ACTOR_KIND_AGENT,
+    "admin": ActorKind.ACTOR_KIND_AGENT,
+    "system": ActorKind.ACTOR_KIND_SYSTEM,
+}
+
+
+def actor_kind(role: str) -> ActorKind.ValueType:
+    """The event's ActorKind for a caller role or sender kind."""
+    return _ACTOR_KIND[role]
+
+
+class Page:
+    """A page of conversations and the cursor of the next one."""
+
+    def __init__(self, items: list[Conversation], next_cursor: str | None) -> None:
+        self.items = items
+        self.next_cursor = next_cursor
+
+
+async def _emit(conn: Connection, conversation: Conversation, payload: ProtoMessage) -> None:
+    await Outbox.add(
+        conn,
+        [
+            new_event(
+                payload,
+                tenant_id=str(conversation.tenant_id),
+                conversation_id=str(conversation.id),
+                producer=PRODUCER,
+            )
+        ],
+    )
+
+
+class ConversationStore:
+    """Conversations, messages, read state and CSAT in PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    # --- conversations -------------------------------------------------------
+
+    async def create(
+        self,
+        inbox: Inbox,
+        visitor_id: uuid.UUID,
+        *,
+        subject: str = "",
+        priority: int = 2,
+    ) -> Conversation:
+        """Open a conversation (queued) and emit ``conversation.created``."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO conversations
+                       (id, tenant_id, inbox_id, visitor_id, priority, subject, team_id)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
+                uuid7(),
+                inbox.tenant_id,
+                inbox.id,
+                visitor_id,
+                priority,
+                subject,
+                inbox.team_id,
+            )
+            conversation: Conversation = record(Conversation, row)
+            await _emit(
+                conn,
+                conversation,
+                ConversationCreated(
+                    inbox_id=str(inbox.id),
+                    visitor_id=str(visitor_id),
+                    priority=priority,  # type: ignore[arg-type]
+                    subject=subject,
+                    required_skills=inbox.required_skills,
+                    team_id=str(inbox.team_id) if inbox.team_id else "",
+                ),
+            )
+        return conversation
+
+    async def get(self, tenant_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation:
+        """The conversation; NotFound outside the tenant."""
+        row = await self._pool.fetchrow(
+            "SELECT * FROM conversations WHERE id = $1 AND tenant_id = $2",
+            conversation_id,
+            tenant_id,
+        )
+        if row is None:
+            raise NotFound("no such conversation")
+        return record(Conversation, row)  # type: ignore[no-any-return]
+
+    async def page(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        visitor_id: uuid.UUID | None = None,
+        agent_id: uuid.UUID | None = None,
+        visible_to_agent: tuple[uuid.UUID, Sequence[uuid.UUID]] | None = None,
+        status: str | None = None,
+        before: uuid.UUID | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """Newest first, filtered; ``before`` is the cursor (a conversation id)."""
+        clauses = ["tenant_id = $1"]
+        args: list[object] = [tenant_id]
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if visitor_id is not None:
+            clauses.append(f"visitor_id = {arg(visitor_id)}")
+        if agent_id is not None:
+            clauses.append(f"agent_id = {arg(agent_id)}")
+        if visible_to_agent is not None:
+            me, teams = visible_to_agent
+            clauses.append(
+                f"(agent_id = {arg(me)} OR (status = 'queued' AND "
+                f"(team_id IS NULL OR team_id = ANY({arg(list(teams))}::uuid[]))))"
+            )
+        if status is not None:
+            clauses.append(f"status = {arg(status)}")
+        if before is not None:
+            clauses.append(f"id < {arg(before)}")
+        rows = await self._pool.fetch(
+            f"SELECT * FROM conversations WHERE {' AND '.join(clauses)} "
+            f"ORDER BY id DESC LIMIT {arg(limit + 1)}",
+            *args,
+        )
+        items = [record(Conversation, r) for r in rows[:limit]]
+        cursor = str(items[-1].id) if len(rows) > limit else None
+        return Page(items, cursor)
+
+    async def resolve(
+        self, conversation: Conversation, actor_id: uuid.UUID, actor_role: str
+    ) -> Conversation:
+        """Mark resolved and emit ``conversation.resolved``; Conflict if already resolved."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """UPDATE conversations
+                   SET status = 'resolved', resolved_at = now(), updated_at = now(),
+                       queue_position = NULL
+                   WHERE id = $1 AND status <> 'resolved' RETURNING *""",
+                conversation.id,
+            )
+            if row is None:
+                raise Conflict("conversation is already resolved")
+            resolved: Conversation = record(Conversation, row)
+            await _emit(
+                conn,
+                resolved,
+                ConversationResolved(
+                    resolved_by=str(actor_id),
+                    actor_kind=actor_kind(actor_role),
+                    agent_id=str(conversation.agent_id or ""),
+                ),
+            )
+        return resolved
+
+    async def reopen(
+        self, conversation: Conversation, actor_id: uuid.UUID, actor_role: str
+    ) -> Conversation:
+        """Queue a resolved conversation again and emit ``conversation.reopened``."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            reopened = await self._reopen(conn, conversation.id, actor_id, actor_role)
+            if reopened is None:
+                raise Conflict("conversation is not resolved")
+        return reopened
+
+    async def _reopen(
+        self, conn: Connection, conversation_id: uuid.UUID, actor_id: uuid.UUID, actor_role: str
+    ) -> Conversation | None:
+        previous_agent = await conn.fetchval(
+            "SELECT agent_id FROM conversations WHERE id = $1", conversation_id
+        )
+        row = await conn.fetchrow(
+            """UPDATE conversations
+               SET status = 'queued', agent_id = NULL, resolved_at = NULL, updated_at = now()
+               WHERE id = $1 AND status = 'resolved' RETURNING *""",
+            conversation_id,
+        )
+        if row is None:
+            return None
+        reopened: Conversation = record(Conversation, row)
+        await _emit(
+            conn,
+            reopened,
+            ConversationReopened(
+                reopened_by=str(actor_id),
+                actor_kind=actor_kind(actor_role),
+                previous_agent_id=str(previous_agent or ""),
+            ),
+        )
+        return reopened
+
+    async def apply_assigned(
+        self,
+        conversation_id: uuid.UUID,
+        agent_id: uuid.UUID,
+        team_id: uuid.UUID | None,
+        occurred_at: dt.datetime,
+    ) -> Conversation | None:
+        """Record the assignment service's decision (``conversation.assigned``).
+
+        None when the conversation is resolved or a newer routing event was applied.
+        """
+        row = await self._pool.fetchrow(
+            """UPDATE conversations
+               SET status = 'assigned', agent_id = $2, team_id = coalesce($3, team_id),
+                   queue_position = NULL, updated_at = now(), routed_at = $4
+               WHERE id = $1 AND status <> 'resolved'
+                 AND (routed_at IS NULL OR routed_at < $4)
+               RETURNING *""",
+            conversation_id,
+            agent_id,
+            team_id,
+            occurred_at,
+        )
+        return record(Conversation, row) if row else None
+
+    async def apply_queued(
+        self,
+        conversation_id: uuid.UUID,
+        position: int,
+        team_id: uuid.UUID | None,
+        occurred_at: dt.datetime,
+    ) -> Conversation | None:
+        """Record a queue placement (``conversation.queued``); None as for apply_assigned."""
+        row = await self._pool.fetchrow(
+            """UPDATE conversations
+               SET status = 'queued', agent_id = NULL, queue_position = $2,
+                   team_id = coalesce($3, team_id), updated_at = now(), routed_at = $4
+               WHERE id = $1 AND status <> 'resolved'
+                 AND (routed_at IS NULL OR routed_at < $4)
+               RETURNING *""",
+            conversation_id,
+            position,
+            team_id,
+            occurred_at,
+        )
+        return record(Conversation, row) if row else None
+
+    # --- messages ------------------------------------------------------------
+
+    async def post_message(
+        self,
+        conversation: Conversation,
+        *,
+        sender_kind: SenderKind,
+        sender_id: uuid.UUID | None,
+        body: str,
+        client_msg_id: str | None,
+    ) -> tuple[Message, bool, Conversation | None]:
+        """Append a message with the next ``seq``; (message, created, reopened conversation).
+
+        The seq comes from the conversation row under its lock, so it is
+        gap-free and strictly increasing. A retry with the same
+        ``client_msg_id`` returns the original message (``created`` False).
+        A visitor writing into a resolved conversation reopens it.
+        """
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                reopened = None
+                if sender_kind == "visitor" and conversation.status == "resolved":
+                    assert sender_id is not None
+                    reopened = await self._reopen(conn, conversation.id, sender_id, "visitor")
+                row = await conn.fetchrow(
+                    """WITH c AS (
+                           UPDATE conversations SET last_seq = last_seq + 1, updated_at = now()
+                           WHERE id = $1 AND status <> 'resolved'
+                           RETURNING last_seq)
+                       INSERT INTO messages (conversation_id, seq, id, tenant_id, sender_kind,
+                                             sender_id, body, client_msg_id)
+                       SELECT $1, c.last_seq, $2, $3, $4, $5, $6, $7 FROM c
+                       RETURNING *""",
+                    conversation.id,
+                    uuid7(),
+                    conversation.tenant_id,
+                    sender_kind,
+                    sender_id,
+                    body,
+                    client_msg_id,
+                )
+                if row is None:
+                    raise Conflict("conversation is resolved")
+                message: Message = record(Message, row)
+                await _emit(
+                    conn,
+                    conversation,
+                    MessageCreated(
+                        message_id=str(message.id),
+                        seq=message.seq,
+                        sender_kind=actor_kind(sender_kind),
+                        sender_id=str(sender_id or ""),
+                        body=body,
+                        client_msg_id=client_msg_id or "",
+                        created_at=_timestamp(message.created_at),
+                    ),
+                )
+                return message, True, reopened
+        except asyncpg.UniqueViolationError:
+            # A retry of a send that already committed: hand back the original.
+            original = await self._pool.fetchrow(
+                """SELECT * FROM messages
+                   WHERE conversation_id = $1 AND sender_id IS NOT DISTINCT FROM $2
+                     AND client_msg_id = $3""",
+                conversation.id,
+                sender_id,
+                client_msg_id,
+            )
+            if original is None:
+                raise
+            return record(Message, original), False, None
+
+    async def messages_after(
+        self, conversation_id: uuid.UUID, after_seq: int, limit: int
+    ) -> list[Message]:
+        """Messages with seq > ``after_seq``, oldest first."""
+        rows = await self._pool.fetch(
+            """SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2
+               ORDER BY seq LIMIT $3""",
+            conversation_id,
+            after_seq,
+            limit,
+        )
+        return [record(Message, r) for r in rows]
+
+    async def messages_before(
+        self, conversation_id: uuid.UUID, before_seq: int, limit: int
+    ) -> list[Message]:
+        """Messages with seq < ``before_seq``, oldest first (the page just before)."""
+        rows = await self._pool.fetch(
+            """SELECT * FROM (SELECT * FROM messages WHERE conversation_id = $1 AND seq < $2
+                              ORDER BY seq DESC LIMIT $3) page ORDER BY seq""",
+            conversation_id,
+            before_seq,
+            limit,
+        )
+        return [record(Message, r) for r in rows]
+
+    # --- read state and CSAT -------------------------------------------------
+
+    async def mark_read(
+        self, conversation: Conversation, participant_id: uuid.UUID, seq: int
+    ) -> int:
+        """Advance the participant's last read seq (never backwards); the stored value."""
+        value: int = await self._pool.fetchval(
+            """INSERT INTO read_state (conversation_id, participant_id, last_read_seq)
+               VALUES ($1, $2, LEAST($3, (SELECT last_seq FROM conversations WHERE id = $1)))
+               ON CONFLICT (conversation_id, participant_id) DO UPDATE
+               SET last_read_seq = GREATEST(read_state.last_read_seq, EXCLUDED.last_read_seq),
+                   updated_at = now()
+               RETURNING last_read_seq""",
+            conversation.id,
+            participant_id,
+            seq,
+        )
+        return value
+
+    async def read_states(self, conversation_id: uuid.UUID) -> dict[str, int]:
+        """Last read seq by participant id."""
+        rows = await self._pool.fetch(
+            "SELECT participant_id, last_read_seq FROM read_state WHERE conversation_id = $1",
+            conversation_id,
+        )
+        return {str(r["participant_id"]): r["last_read_seq"] for r in rows}
+
+    async def submit_csat(self, conversation: Conversation, rating: int, comment: str) -> None:
+        """Record the visitor's rating of a resolved conversation (once)."""
+        if conversation.status != "resolved":
+            raise Conflict("CSAT is asked after the conversation is resolved")
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                await conn.execute(
+                    """INSERT INTO csat (conversation_id, tenant_id, rating, comment)
+                       VALUES ($1, $2, $3, $4)""",
+                    conversation.id,
+                    conversation.tenant_id,
+                    rating,
+                    comment,
+                )
+            except asyncpg.UniqueViolationError:
+                raise Conflict("this conversation was already rated") from None
+            await _emit(
+                conn,
+                conversation,
+                CsatSubmitted(
+                    rating=rating,
+                    comment=comment,
+                    visitor_id=str(conversation.visitor_id),
+                    agent_id=str(conversation.agent_id or ""),
+                ),
+            )
+
+
+def _timestamp(value: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts

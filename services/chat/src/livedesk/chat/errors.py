@@ -1,0 +1,59 @@
+"""Chat's domain errors, mapped to HTTP statuses and WebSocket error codes in one place.
+
+ChatError
+├── NotFound        the thing does not exist, or the caller may not know it does
+├── Forbidden       the caller is known but may not do this
+├── Conflict        the request clashes with the current state (e.g. resolved)
+├── Invalid         the input is well-formed but not acceptable
+└── RateLimited     too much, too fast
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChatError", "Conflict", "Forbidden", "Invalid", "NotFound", "RateLimited"]
+
+
+class ChatError(Exception):
+    """Root of chat's domain errors; ``code`` is the stable machine-readable name."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ChatError):
+    """Unknown, or outside what the caller may see (we do not reveal which)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Forbidden(ChatError):
+    """Known caller, not allowed."""
+
+    status = 403
+    code = "forbidden"
+
+
+class Conflict(ChatError):
+    """Clashes with the current state."""
+
+    status = 409
+    code = "conflict"
+
+
+class Invalid(ChatError):
+    """Semantically invalid input."""
+
+    status = 422
+    code = "validation_error"
+
+
+class RateLimited(ChatError):
+    """Over a rate or size limit."""
+
+    status = 429
+    code = "rate_limited"

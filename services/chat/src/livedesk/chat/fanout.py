@@ -1,0 +1,135 @@
+"""Fan-out between chat pods over Redis pub/sub, and the pod-local socket registry.
+
+One Redis subscriber connection per pod carries every channel any local
+socket listens to; a frame published by any pod reaches every pod with a
+listener, which hands the same text to each local socket's send queue.
+Pub/sub is at-most-once: clients detect gaps by ``seq`` and fetch them
+(docs/protocol.md), so a lost publish delays a message but never loses it.
+
+Channels: ``ld:c:{conversation_id}`` (a conversation's participants) and
+``ld:t:{tenant_id}:staff`` (lifecycle notices for the tenant's consoles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from livedesk.platform.logging import get_logger
+
+__all__ = ["RESYNC_FRAME", "Hub", "Listener", "conversation_channel", "staff_channel"]
+
+RESYNC_FRAME = '{"type":"resync"}'
+
+
+log = get_logger("livedesk.chat.fanout")
+
+
+def conversation_channel(conversation_id: uuid.UUID) -> str:
+    """The channel of one conversation's participants."""
+    return f"ld:c:{conversation_id}"
+
+
+def staff_channel(tenant_id: uuid.UUID) -> str:
+    """The channel of a tenant's agent consoles."""
+    return f"ld:t:{tenant_id}:staff"
+
+
+class Listener(Protocol):
+    """Anything that takes frames (a socket's send queue)."""
+
+    def deliver(self, frame: str) -> None:
+        """Queue ``frame``; must not block."""
+
+
+class Hub:
+    """Publishes frames and routes received ones to local listeners."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Open the subscriber connection and start routing."""
+        # A placeholder subscription opens the connection, so listen() has one to read.
+        await self._pubsub.subscribe("ld:hub")
+        self._task = asyncio.create_task(self._route(), name="fanout-router")
+
+    async def stop(self) -> None:
+        """Stop routing and close the subscriber connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def publish(self, channel: str, frame: str) -> None:
+        """Send ``frame`` to every pod listening on ``channel`` (at most once)."""
+        try:
+            await self._redis.publish(channel, frame)
+        except (RedisError, OSError) as exc:
+            # Clients recover the message through seq gaps; log and carry on.
+            log.warning("fanout_publish_failed", channel=channel, error=repr(exc))
+
+    async def join(self, channel: str, listener: Listener) -> None:
+        """Deliver ``channel``'s frames to ``listener``."""
+        async with self._lock:
+            first = not self._listeners[channel]
+            self._listeners[channel].add(listener)
+            if first:
+                await self._pubsub.subscribe(channel)
+
+    async def leave(self, channel: str, listener: Listener) -> None:
+        """Stop delivering ``channel`` to ``listener``."""
+        async with self._lock:
+            listeners = self._listeners.get(channel)
+            if not listeners or listener not in listeners:
+                return
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    def deliver_local(self, channel: str, frame: str) -> None:
+        """Hand ``frame`` to this pod's listeners of ``channel``."""
+        for listener in tuple(self._listeners.get(channel, ())):
+            listener.deliver(frame)
+
+    async def _route(self) -> None:
+        while True:
+            try:
+                async for item in self._pubsub.listen():
+                    if item.get("type") != "message":
+                        continue
+                    channel = item["channel"]
+                    data = item["data"]
+                    self.deliver_local(
+                        channel.decode() if isinstance(channel, bytes) else channel,
+                        data.decode() if isinstance(data, bytes) else data,
+                    )
+            except (RedisError, OSError) as exc:
+                log.warning("fanout_subscriber_lost", error=repr(exc))
+                await asyncio.sleep(0.5)
+                await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        async with self._lock:
+            channels = ["ld:hub", *self._listeners]
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.subscribe(*channels)
+            # Frames published while we were away are gone: tell every local
+            # socket to fetch what it missed (by seq) instead of waiting for a gap.
+            listeners = {x for group in self._listeners.values() for x in group}
+        for listener in listeners:
+            listener.deliver(RESYNC_FRAME)

@@ -1,0 +1,163 @@
+"""One WebSocket connection: a bounded send queue with its own writer, and the registry.
+
+A slow client can never stall a fan-out loop or grow the pod's memory: frames
+go into a bounded queue that one writer task drains; when the queue is full
+the client is disconnected (close code 4008) and resumes by seq on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+
+from aiohttp import web
+
+from livedesk.chat.access import Principal
+from livedesk.chat.ratelimit import TokenBucket
+from livedesk.platform.logging import get_logger
+
+__all__ = ["CLOSE_RESTART", "CLOSE_SLOW", "ClientSocket", "SocketRegistry"]
+
+log = get_logger("livedesk.chat.sockets")
+
+CLOSE_RESTART = 1012  # the server restarts: reconnect (to another pod)
+CLOSE_POLICY = 1008  # flooding or other abuse
+CLOSE_SLOW = 4008  # the client did not read its frames fast enough
+
+
+class ClientSocket:
+    """A connected, authenticated client."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        principal: Principal,
+        queue_size: int,
+        bucket: TokenBucket,
+        user_bucket: TokenBucket,
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.ws = ws
+        self.principal = principal
+        self.bucket = bucket
+        self.user_bucket = user_bucket
+        self.team_ids: list[uuid.UUID] = []
+        self.channels: set[str] = set()
+        self.subscriptions: set[uuid.UUID] = set()
+        self.violations = 0
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.id}")
+        self._closing = False
+        self._closer: asyncio.Task[None] | None = None
+
+    def deliver(self, frame: str) -> None:
+        """Queue a frame for this client; disconnect it if it has fallen too far behind."""
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.warning("ws_slow_consumer", socket=self.id, subject=str(self.principal.subject_id))
+            self.close_soon(CLOSE_SLOW, "too slow: reconnect and resume")
+
+    def allow(self) -> bool:
+        """Spend a rate token for a client frame (per connection and per user)."""
+        return self.bucket.take() and self.user_bucket.take()
+
+    async def _write(self) -> None:
+        try:
+            while (frame := await self._queue.get()) is not None:
+                await self.ws.send_str(frame)
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away; the reader notices and cleans up
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Stop sending and close with ``code`` (without waiting here)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._writer.cancel()
+        self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError, asyncio.CancelledError):
+            await self.ws.close(code=code, message=reason.encode())
+
+    async def flush_and_close(self, code: int, reason: str, timeout: float = 2.0) -> None:
+        """Send what is queued (within ``timeout``), then close with ``code``."""
+        if not self._closing:
+            self._closing = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+        await self._close(code, reason)
+
+    async def stop_writer(self) -> None:
+        """End the writer task (the socket is gone)."""
+        self._closing = True
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+class SocketRegistry:
+    """Every socket of this pod: connection limits, per-user rate buckets, draining."""
+
+    def __init__(self, per_user: int, user_rate: float, user_burst: int) -> None:
+        self.per_user = per_user
+        self._user_rate = user_rate
+        self._user_burst = user_burst
+        self.sockets: set[ClientSocket] = set()
+        self._by_user: dict[uuid.UUID, set[ClientSocket]] = defaultdict(set)
+        self._user_buckets: dict[uuid.UUID, TokenBucket] = {}
+        self.draining = False
+
+    def has_room(self, principal: Principal) -> bool:
+        """True when this user may open another socket here."""
+        return len(self._by_user.get(principal.subject_id, ())) < self.per_user
+
+    def user_bucket(self, principal: Principal) -> TokenBucket:
+        """The rate bucket shared by all of this user's sockets on this pod."""
+        bucket = self._user_buckets.get(principal.subject_id)
+        if bucket is None:
+            bucket = TokenBucket(self._user_rate, self._user_burst)
+            self._user_buckets[principal.subject_id] = bucket
+        return bucket
+
+    def add(self, socket: ClientSocket) -> None:
+        """Register a new socket."""
+        self.sockets.add(socket)
+        self._by_user[socket.principal.subject_id].add(socket)
+
+    def remove(self, socket: ClientSocket) -> None:
+        """Forget a closed socket."""
+        self.sockets.discard(socket)
+        user = socket.principal.subject_id
+        mine = self._by_user.get(user)
+        if mine is not None:
+            mine.discard(socket)
+            if not mine:
+                del self._by_user[user]
+                self._user_buckets.pop(user, None)
+
+    def staff_online(self) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """Agents and admins with a live console here, by tenant."""
+        out: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+        for socket in self.sockets:
+            if socket.principal.is_staff:
+                out[socket.principal.tenant_id].add(socket.principal.subject_id)
+        return out
+
+    async def drain(self, timeout: float) -> None:
+        """Tell every client to reconnect elsewhere and close them (code 1012)."""
+        self.draining = True
+        reconnect = '{"type":"reconnect","reason":"server restarting"}'
+        for socket in list(self.sockets):
+            socket.deliver(reconnect)
+        await asyncio.gather(
+            *(s.flush_and_close(CLOSE_RESTART, "server restarting", timeout) for s in self.sockets),
+            return_exceptions=True,
+        )

@@ -1,0 +1,328 @@
+"""The WebSocket endpoint: ``GET /ws?ticket=...`` (protocol in docs/protocol.md)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from livedesk.chat.access import Principal
+from livedesk.chat.actions import ChatActions
+from livedesk.chat.api_auth import origin_allowed
+from livedesk.chat.api_support import validation_message
+from livedesk.chat.errors import ChatError, Invalid
+from livedesk.chat.fanout import conversation_channel, staff_channel
+from livedesk.chat.frames import dumps, error_frame, message_json
+from livedesk.chat.protocol import (
+    CLIENT_FRAME,
+    Fetch,
+    Ping,
+    Presence,
+    Read,
+    Send,
+    Subscribe,
+    Typing,
+    Unsubscribe,
+)
+from livedesk.chat.ratelimit import TokenBucket
+from livedesk.chat.settings import ChatSettings
+from livedesk.chat.sockets import CLOSE_POLICY, ClientSocket, SocketRegistry
+from livedesk.platform.auth import TokenError, TokenVerifier
+from livedesk.platform.http import error_response
+from livedesk.platform.logging import get_logger
+
+__all__ = ["WS_KEY", "WsContext", "websocket"]
+
+log = get_logger("livedesk.chat.ws")
+
+PresenceHook = Callable[[Principal, str], Awaitable[None]]
+
+
+@dataclass
+class WsContext:
+    """What the endpoint needs."""
+
+    settings: ChatSettings
+    actions: ChatActions
+    registry: SocketRegistry
+    verifier: TokenVerifier
+    redis: aioredis.Redis
+    on_presence: PresenceHook | None = None
+
+
+WS_KEY = web.AppKey("ws", WsContext)
+
+
+async def _authenticate(request: web.Request, ctx: WsContext) -> Principal | web.Response:
+    ticket = request.query.get("ticket", "")
+    try:
+        claims = ctx.verifier.verify(ticket, expected_type="ws_ticket")
+    except TokenError as exc:
+        return error_response(401, "unauthorized", exc.reason)
+    # Tickets are single-use: a ticket seen in a log or a proxy cannot be replayed.
+    fresh = await ctx.redis.set(
+        f"ld:ticket:{claims.token_id}", 1, nx=True, ex=ctx.settings.ws_ticket_ttl + 60
+    )
+    if not fresh:
+        return error_response(401, "unauthorized", "ticket already used")
+    try:
+        principal = Principal(uuid.UUID(claims.tenant_id), uuid.UUID(claims.subject), claims.role)
+    except ValueError:
+        return error_response(401, "unauthorized", "invalid ticket")
+    if principal.role == "visitor":
+        visitor = await ctx.actions.directory.visitor(principal.tenant_id, principal.subject_id)
+        inbox = await ctx.actions.directory.inbox(principal.tenant_id, visitor.inbox_id)
+        if not origin_allowed(request.headers.get("Origin"), inbox.allowed_origins):
+            return error_response(403, "forbidden", "this website may not use this inbox")
+    return principal
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Authenticate the handshake, then serve frames until the client leaves."""
+    ctx = request.app[WS_KEY]
+    if ctx.registry.draining:
+        return error_response(503, "draining", "server restarting: connect again")
+    authenticated = await _authenticate(request, ctx)
+    if isinstance(authenticated, web.Response):
+        return authenticated
+    principal = authenticated
+    if not ctx.registry.has_room(principal):
+        return error_response(429, "rate_limited", "too many connections for this user")
+
+    settings = ctx.settings
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat,
+        max_msg_size=settings.ws_max_frame_bytes,
+        compress=False,
+    )
+    await ws.prepare(request)
+    socket = ClientSocket(
+        ws,
+        principal,
+        settings.ws_send_queue,
+        TokenBucket(settings.ws_messages_per_second, settings.ws_message_burst),
+        ctx.registry.user_bucket(principal),
+    )
+    ctx.registry.add(socket)
+    session = _Session(ctx, socket)
+    try:
+        await session.start()
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await session.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                socket.deliver(error_frame("bad_frame", "frames are JSON text"))
+            else:
+                break
+    finally:
+        ctx.registry.remove(socket)
+        await session.close()
+    return ws
+
+
+class _Session:
+    """Frame handling for one socket."""
+
+    def __init__(self, ctx: WsContext, socket: ClientSocket) -> None:
+        self.ctx = ctx
+        self.socket = socket
+        self.principal = socket.principal
+        self.actions = ctx.actions
+        self.hub = ctx.actions.hub
+
+    async def start(self) -> None:
+        self.socket.team_ids = await self.actions.team_ids(self.principal)
+        if self.principal.is_staff:
+            await self._join(staff_channel(self.principal.tenant_id))
+        self.socket.deliver(
+            dumps(
+                {
+                    "type": "hello",
+                    "role": self.principal.role,
+                    "subject_id": str(self.principal.subject_id),
+                    "tenant_id": str(self.principal.tenant_id),
+                    "heartbeat": self.ctx.settings.ws_heartbeat,
+                }
+            )
+        )
+
+    async def _join(self, channel: str) -> None:
+        if channel not in self.socket.channels:
+            self.socket.channels.add(channel)
+            await self.hub.join(channel, self.socket)
+
+    async def _leave(self, channel: str) -> None:
+        if channel in self.socket.channels:
+            self.socket.channels.discard(channel)
+            await self.hub.leave(channel, self.socket)
+
+    async def close(self) -> None:
+        for channel in list(self.socket.channels):
+            await self._leave(channel)
+        await self.socket.stop_writer()
+
+    async def handle(self, text: str) -> None:
+        ref: str | None = None
+        try:
+            raw: Any = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.socket.deliver(error_frame("bad_frame", "frame is not valid JSON"))
+            return
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+            ref = raw["id"][:64]
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            self.socket.deliver(error_frame("bad_frame", "a frame is an object with a type", ref))
+            return
+        if not self.socket.allow():
+            self.socket.violations += 1
+            self.socket.deliver(error_frame("rate_limited", "slow down", ref))
+            if self.socket.violations > 3 * self.socket.bucket.burst:
+                self.socket.close_soon(CLOSE_POLICY, "flooding")
+            return
+        try:
+            frame = CLIENT_FRAME.validate_python(raw)
+        except ValidationError as exc:
+            code = (
+                "unknown_type"
+                if any(e["type"] == "union_tag_invalid" for e in exc.errors())
+                else "invalid"
+            )
+            self.socket.deliver(error_frame(code, validation_message(exc), ref))
+            return
+        try:
+            await self._dispatch(frame)
+        except ChatError as exc:
+            self.socket.deliver(error_frame(exc.code, exc.message, ref))
+
+    async def _dispatch(self, frame: object) -> None:
+        match frame:
+            case Send():
+                await self._send(frame)
+            case Subscribe():
+                await self._subscribe(frame)
+            case Fetch():
+                await self._fetch(frame)
+            case Typing():
+                await self._typing(frame)
+            case Read():
+                await self.actions.mark_read(
+                    self.principal, frame.conversation_id, frame.seq, self.socket.team_ids
+                )
+            case Unsubscribe():
+                self.socket.subscriptions.discard(frame.conversation_id)
+                await self._leave(conversation_channel(frame.conversation_id))
+            case Ping():
+                self.socket.deliver(dumps({"type": "pong", "ref": frame.id}))
+            case Presence():
+                await self._presence(frame)
+
+    async def _send(self, frame: Send) -> None:
+        message, created = await self.actions.send(
+            self.principal,
+            frame.conversation_id,
+            frame.body,
+            frame.client_msg_id,
+            self.socket.team_ids,
+        )
+        self.socket.deliver(
+            dumps(
+                {
+                    "type": "ack",
+                    "ref": frame.id,
+                    "client_msg_id": frame.client_msg_id,
+                    "conversation_id": str(message.conversation_id),
+                    "message_id": str(message.id),
+                    "seq": message.seq,
+                    "created_at": message.created_at.isoformat(),
+                    "duplicate": not created,
+                }
+            )
+        )
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        conversation = await self.actions.visible(
+            self.principal, frame.conversation_id, self.socket.team_ids
+        )
+        # Listen first, then replay: whatever commits in between arrives twice
+        # at worst (the client drops seqs it has), never not at all.
+        await self._join(conversation_channel(conversation.id))
+        self.socket.subscriptions.add(conversation.id)
+        limit = self.ctx.settings.ws_replay_limit
+        messages = await self.actions.conversations.messages_after(
+            conversation.id, frame.after_seq, limit + 1
+        )
+        more = len(messages) > limit
+        messages = messages[:limit]
+        if messages:
+            self.socket.deliver(
+                dumps(
+                    {
+                        "type": "messages",
+                        "conversation_id": str(conversation.id),
+                        "messages": [message_json(m) for m in messages],
+                        "more": more,
+                    }
+                )
+            )
+        self.socket.deliver(
+            dumps(
+                {
+                    "type": "subscribed",
+                    "ref": frame.id,
+                    "conversation_id": str(conversation.id),
+                    "status": conversation.status,
+                    "last_seq": max(conversation.last_seq, messages[-1].seq if messages else 0),
+                    "more": more,
+                    "read": await self.actions.conversations.read_states(conversation.id),
+                }
+            )
+        )
+
+    async def _fetch(self, frame: Fetch) -> None:
+        conversation = await self.actions.visible(
+            self.principal, frame.conversation_id, self.socket.team_ids
+        )
+        messages = await self.actions.conversations.messages_after(
+            conversation.id, frame.after_seq, frame.limit + 1
+        )
+        self.socket.deliver(
+            dumps(
+                {
+                    "type": "messages",
+                    "ref": frame.id,
+                    "conversation_id": str(conversation.id),
+                    "messages": [message_json(m) for m in messages[: frame.limit]],
+                    "more": len(messages) > frame.limit,
+                }
+            )
+        )
+
+    async def _typing(self, frame: Typing) -> None:
+        if frame.conversation_id not in self.socket.subscriptions:
+            raise Invalid("subscribe to the conversation first")
+        await self.hub.publish(
+            conversation_channel(frame.conversation_id),
+            dumps(
+                {
+                    "type": "typing",
+                    "conversation_id": str(frame.conversation_id),
+                    "sender_id": str(self.principal.subject_id),
+                    "sender_kind": "visitor" if self.principal.role == "visitor" else "agent",
+                    "state": frame.state,
+                }
+            ),
+        )
+
+    async def _presence(self, frame: Presence) -> None:
+        if not self.principal.is_staff:
+            self.socket.deliver(error_frame("forbidden", "presence is for agents", frame.id))
+            return
+        if self.ctx.on_presence is not None:
+            await self.ctx.on_presence(self.principal, frame.status)
+        self.socket.deliver(dumps({"type": "presence", "ref": frame.id, "status": frame.status}))
