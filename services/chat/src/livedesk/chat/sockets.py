@@ -73,9 +73,14 @@ class ClientSocket:
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the reader notices and cleans up
 
-    def close_soon(self, code: int, reason: str) -> None:
-        """Stop sending and close with ``code`` (without waiting here)."""
+    def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
+        """Close with ``code`` without waiting here; ``flush`` first sends what is queued."""
         if self._closing:
+            return
+        if flush:
+            self._closer = asyncio.get_running_loop().create_task(
+                self.flush_and_close(code, reason)
+            )
             return
         self._closing = True
         self._writer.cancel()

@@ -183,7 +183,7 @@ class _Session:
             self.socket.violations += 1
             self.socket.deliver(error_frame("rate_limited", "slow down", ref))
             if self.socket.violations > 3 * self.socket.bucket.burst:
-                self.socket.close_soon(CLOSE_POLICY, "flooding")
+                self.socket.close_soon(CLOSE_POLICY, "flooding", flush=True)
             return
         try:
             frame = CLIENT_FRAME.validate_python(raw)
