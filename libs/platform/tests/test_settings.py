@@ -48,4 +48,4 @@ def test_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch, var: str, value:
 def test_settings_are_frozen() -> None:
     settings = load_settings(Both)
     with pytest.raises(ValueError, match="frozen"):
-        settings.port = 1
+        settings.port = 1  # type: ignore[misc]

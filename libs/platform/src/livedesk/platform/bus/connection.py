@@ -21,7 +21,7 @@ async def connect(url: str, name: str, timeout: float = 10.0) -> AbstractRobustC
         return await aio_pika.connect_robust(
             url, timeout=timeout, client_properties={"connection_name": name}
         )
-    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+    except Exception as exc:  # refused, reset mid-handshake, timed out, bad credentials...
         raise DependencyError(f"RabbitMQ at {_redact(url)} unreachable: {exc!r}") from exc
 
 

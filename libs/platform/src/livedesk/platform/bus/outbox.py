@@ -104,12 +104,23 @@ class OutboxRelay:
                 await self._publisher.close()
 
     async def _run(self) -> None:
+        # The relay must outlive any failure: events wait in the table meanwhile.
         while not self._stopping.is_set():
             try:
                 await self._lead()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox_relay_db_error", error=repr(exc))
                 await self._pause(self._retry_interval)
+            except Exception:
+                log.exception("outbox_relay_failed")
+                await self._drop_publisher()
+                await self._pause(self._retry_interval)
+
+    async def _drop_publisher(self) -> None:
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.close()
+            self._publisher = None
 
     async def _lead(self) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=10)
