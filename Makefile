@@ -33,7 +33,7 @@ test: install lint proto-check test-unit test-integration test-deploy test-isola
 lint: ## ruff (lint + format check) and mypy --strict
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/platform libs/contracts/tests services/*/src services/*/tests tests tools
+	$(RUN) mypy libs/platform libs/contracts/tests libs/assignment-client services/*/src services/*/tests tests tools
 
 .PHONY: fmt
 fmt: ## Format and auto-fix with ruff
@@ -49,7 +49,7 @@ proto-check: ## buf lint, buf format, buf breaking, generated code up to date
 	PYTHON=.venv/bin/python tools/check_proto.sh
 
 .PHONY: test-unit
-test-unit: test-platform test-contracts test-chat test-assignment test-analytics ## Tests beside each package
+test-unit: test-platform test-contracts test-assignment-client test-chat test-assignment test-analytics ## Tests beside each package
 
 .PHONY: test-platform
 test-platform: ## Platform library tests (real RabbitMQ and PostgreSQL)
@@ -58,6 +58,10 @@ test-platform: ## Platform library tests (real RabbitMQ and PostgreSQL)
 .PHONY: test-contracts
 test-contracts: ## Contract tests
 	$(PYTEST) libs/contracts/tests
+
+.PHONY: test-assignment-client
+test-assignment-client: ## Assignment client library tests
+	$(PYTEST) libs/assignment-client/tests
 
 .PHONY: test-chat
 test-chat: ## Chat service tests
@@ -82,6 +86,21 @@ test-deploy: ## Kubernetes manifests and Helm chart validated offline
 .PHONY: test-isolated
 test-isolated: ## Each package's tests in its own venv with only its declared deps
 	tools/test_isolated.sh
+
+.PHONY: bench
+bench: bench-chat bench-assignment bench-analytics ## All benchmarks (results in docs/benchmarks.md)
+
+.PHONY: bench-chat
+bench-chat: install ## Chat: k6 visitor/agent pairs through two chat pods
+	services/chat/bench/run.sh
+
+.PHONY: bench-assignment
+bench-assignment: install ## Assignment: decisions/s of the engine core and end to end over the bus
+	services/assignment/bench/run.sh
+
+.PHONY: bench-analytics
+bench-analytics: install ## Analytics: ingest rate and report latency
+	services/analytics/bench/run.sh
 
 .PHONY: clean
 clean: ## Remove local state (.run) and caches

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 members=(
   "livedesk-platform libs/platform/tests"
   "livedesk-contracts libs/contracts/tests"
+  "livedesk-assignment-client libs/assignment-client/tests"
   "livedesk-chat services/chat/tests"
   "livedesk-assignment services/assignment/tests"
   "livedesk-analytics services/analytics/tests"

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage
 
-from livedesk.assignment.client import AssignmentClient
+from livedesk.assignment_client import AssignmentClient
 from livedesk.contracts.assignment.v1 import assignment_service_pb2 as pb
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
 from livedesk.platform.bus import Envelope, EventPublisher, connect, decode, new_event

@@ -12,16 +12,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from livedesk.chat.directory import Directory
+from livedesk.chat.testing import make_org
 from livedesk.contracts.assignment.v1 import assignment_service_pb2 as pb
 from livedesk.contracts.assignment.v1.assignment_service_pb2_grpc import AssignmentServiceStub
 from livedesk.integration_support.stack import running_stack
+from livedesk.platform.postgres import open_database
 from livedesk.platform.testing import wait_until
 from livedesk.platform.testing.pytest_plugin import BusNames
 from livedesk.platform.testing.servers import Servers
 
 pytestmark = pytest.mark.integration
 
-TENANT = "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
@@ -40,33 +42,51 @@ async def test_services_become_ready_exchange_an_event_and_stop_on_sigterm(
     pg_databases: Callable[[], Awaitable[str]],
 ) -> None:
     async with running_stack(tmp_path, servers, bus_names, pg_databases) as stack:
-        # chat commits the conversation and its event; the relay publishes it.
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
+        pool = await open_database(stack.chat_db, [])
+        org = await make_org(Directory(pool), "acme")
+        await pool.close()
+        async with aiohttp.ClientSession() as session:
+            # A website visitor opens a conversation: chat commits it with its event
+            # and the outbox relay publishes conversation.created.
+            async with session.post(
+                f"{stack.chat.base_url}/api/v1/widget/sessions",
+                json={"widget_key": org.inbox.widget_key},
+            ) as resp:
+                visitor = await resp.json()
+            auth = {"Authorization": f"Bearer {visitor['access_token']}"}
+            async with session.post(
                 f"{stack.chat.base_url}/api/v1/conversations",
-                json={"tenant_id": TENANT, "inbox_id": "website", "priority": "high"},
-                headers={"traceparent": TRACEPARENT},
-            ) as resp,
-        ):
-            assert resp.status == 201, await resp.text()
-            conversation = await resp.json()
+                json={"subject": "where is my order?", "priority": "high"},
+                headers={**auth, "traceparent": TRACEPARENT},
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                conversation = await resp.json()
 
-        # assignment records it, once, in its own database.
-        async def recorded() -> asyncpg.Record | None:
-            conn = await asyncpg.connect(stack.assignment_db)
-            try:
-                return await conn.fetchrow(
-                    "SELECT * FROM waiting_conversations WHERE conversation_id = $1",
-                    conversation["id"],
-                )
-            finally:
-                await conn.close()
+            # assignment records it, once, in its own database; no agent is online,
+            # so it queues it and says so; chat applies that and tells the visitor.
+            async def recorded() -> asyncpg.Record | None:
+                conn = await asyncpg.connect(stack.assignment_db)
+                try:
+                    return await conn.fetchrow(
+                        "SELECT * FROM conversations WHERE conversation_id = $1",
+                        conversation["id"],
+                    )
+                finally:
+                    await conn.close()
 
-        row = await wait_until(recorded, timeout=20, what="assignment recorded the conversation")
-        assert row is not None
-        assert str(row["tenant_id"]) == TENANT
-        assert row["inbox_id"] == "website"
+            row = await wait_until(recorded, timeout=20, what="assignment recorded it")
+            assert row is not None
+            assert str(row["tenant_id"]) == str(org.tenant.id)
+
+            async def queued_position() -> int | None:
+                async with session.get(
+                    f"{stack.chat.base_url}/api/v1/conversations/{conversation['id']}",
+                    headers=auth,
+                ) as resp:
+                    position: int | None = (await resp.json())["queue_position"]
+                    return position
+
+            assert await wait_until(queued_position, timeout=20, what="queue position") == 1
 
         # The caller's trace went through the outbox and the broker into the consumer's logs.
         async def handled_traces() -> list[object]:

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from livedesk.assignment_client import AssignmentClient
 from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_support import ChatContext
+from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.fanout import Hub
@@ -21,6 +23,7 @@ from livedesk.platform.auth import AuthSettings, load_issuer, load_verifier
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.redis import connect_redis
+from livedesk.platform.testing import free_port
 from livedesk.platform.testing.servers import Servers
 
 
@@ -45,12 +48,16 @@ async def chat(
         settings.ws_messages_per_second * 2,
         settings.ws_message_burst * 2,
     )
+    # No assignment server here: calls to it answer "unavailable" (tests/integration has one).
+    link = AssignmentLink(
+        AssignmentClient(f"127.0.0.1:{free_port()}", timeout=1, retries=0), registry, "test-pod"
+    )
     health = HealthChecks()
     health.add("postgres", lambda: pool.fetchval("SELECT 1"))
     app = create_app(
-        ChatContext(settings, directory, store, issuer),
+        ChatContext(settings, directory, store, issuer, link),
         actions,
-        WsContext(settings, actions, registry, verifier, redis),
+        WsContext(settings, actions, registry, verifier, redis, link.set_status),
         health,
     )
     org, stranger = await make_org(directory, "acme"), await make_org(directory, "globex")
@@ -61,6 +68,7 @@ async def chat(
         finally:
             for ws in harness.sockets:
                 await ws.close()
+    await link.client.close()
     await hub.stop()
     await redis.aclose()
     await pool.close()

@@ -609,3 +609,26 @@ async def test_openapi_is_served(chat: Chat) -> None:
 
 def test_create_app_is_importable() -> None:
     assert callable(create_app)
+
+
+async def test_assignment_outage_is_a_503_not_a_crash(chat: Chat) -> None:
+    status, body = await _json(
+        chat,
+        "GET",
+        "/api/v1/agents/{agent_id}/routing",
+        f"/api/v1/agents/{chat.org.agent.id}/routing",
+        headers=chat.auth(chat.token()),
+    )
+    assert status == 503
+    assert body["error"]["code"] == "unavailable"
+    visitor = await chat.visitor()
+    conversation = await chat.conversation(visitor["access_token"])
+    status, _ = await _json(
+        chat,
+        "POST",
+        ONE + "/transfer",
+        f"/api/v1/conversations/{conversation['id']}/transfer",
+        json={"agent_id": str(chat.org.agent.id), "team_id": str(uuid.uuid4())},
+        headers=chat.auth(chat.token()),
+    )
+    assert status == 422  # exactly one target

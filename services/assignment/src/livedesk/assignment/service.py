@@ -1,4 +1,4 @@
-"""Wiring of an assignment replica: dependencies, consumer, gRPC and HTTP, graceful stop."""
+"""Wiring of an assignment replica: dependencies, engine, consumer, gRPC and HTTP, graceful stop."""
 
 from __future__ import annotations
 
@@ -6,17 +6,22 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
+from livedesk.assignment.engine import Engine, EngineConfig
 from livedesk.assignment.grpc_server import serve_grpc
-from livedesk.assignment.intake import INTAKE_EVENT_TYPES, record_conversation
+from livedesk.assignment.intake import INTAKE_EVENT_TYPES, Intake
+from livedesk.assignment.loops import background_loops
+from livedesk.assignment.recorder import Recorder
 from livedesk.assignment.servicer import AssignmentApi
 from livedesk.assignment.settings import AssignmentSettings
+from livedesk.assignment.store import RoutingStore
 from livedesk.platform.bus import (
     EventConsumer,
+    EventPublisher,
     QueueTopology,
     connect,
     connection_check,
 )
-from livedesk.platform.bus.idempotency import PgIdempotency
+from livedesk.platform.bus.outbox import OutboxRelay
 from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger
@@ -53,6 +58,42 @@ async def main(shutdown: Shutdown) -> None:
         health.add("redis", redis.ping)
         health.add("rabbitmq", connection_check(amqp))
 
+        async def connect_publisher() -> EventPublisher:
+            connection = await connect(settings.amqp_url, "assignment-outbox")
+            return await EventPublisher.create(
+                connection,
+                settings.amqp_exchange,
+                settings.amqp_publish_timeout,
+                owns_connection=True,
+            )
+
+        relay = OutboxRelay(settings.database_url, connect_publisher)
+        relay.start()
+        stack.push_async_callback(relay.stop, settings.shutdown_timeout / 3)
+
+        store = RoutingStore(redis, settings.redis_key_prefix)
+        recorder = Recorder(pool, store, batch_size=settings.record_batch_size)
+        stack.push_async_callback(recorder.close)
+        engine = Engine(
+            pool,
+            store,
+            recorder,
+            EngineConfig(
+                presence_grace_seconds=settings.presence_grace_seconds,
+                first_reply_sla_seconds=settings.first_reply_sla_seconds,
+            ),
+        )
+        stack.push_async_callback(engine.close)
+        # Bring back the routing state of every tenant Redis lost while we were away.
+        await engine.ensure_live(await engine.tenants())
+        await stack.enter_async_context(
+            background_loops(
+                engine,
+                sweep_interval=settings.sweep_interval,
+                position_interval=settings.queue_position_interval,
+            )
+        )
+
         consumer = EventConsumer(
             amqp,
             exchange_name=settings.amqp_exchange,
@@ -61,14 +102,15 @@ async def main(shutdown: Shutdown) -> None:
                 retry_delays_ms=settings.amqp_retry_delays_ms,
             ),
             event_types=INTAKE_EVENT_TYPES,
-            handler=PgIdempotency(pool, "assignment").wrap(record_conversation),
-            prefetch=settings.amqp_prefetch,
+            handler=Intake(engine, pool).handle,
+            prefetch=max(settings.amqp_prefetch, settings.consumer_concurrency),
+            concurrency=settings.consumer_concurrency,
         )
         await consumer.start()
-        stack.push_async_callback(consumer.stop, settings.shutdown_timeout / 2)
+        stack.push_async_callback(consumer.stop, settings.shutdown_timeout / 3)
 
         await stack.enter_async_context(
-            serve_grpc(settings.host, settings.grpc_port, AssignmentApi(), health)
+            serve_grpc(settings.host, settings.grpc_port, AssignmentApi(engine), health)
         )
         app = web.Application(middlewares=[request_context, json_errors])
         add_ops_routes(app, health)

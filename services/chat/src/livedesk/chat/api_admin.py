@@ -12,6 +12,8 @@ from livedesk.chat.access import authenticate
 from livedesk.chat.api_auth import user_json
 from livedesk.chat.api_support import CHAT_KEY, parse_body, path_uuid
 from livedesk.chat.models import Inbox, Team
+from livedesk.contracts.assignment.v1 import assignment_service_pb2 as pb
+from livedesk.contracts.events.v1.common_pb2 import Shift
 
 __all__ = ["add_admin_routes"]
 
@@ -178,6 +180,85 @@ async def set_team_members(request: web.Request) -> web.Response:
     raise web.HTTPNotFound(reason="no such team")
 
 
+class RoutingShift(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    start_minute: Annotated[int, Field(ge=0, le=1440)]
+    end_minute: Annotated[int, Field(ge=0, le=1440)]
+
+
+class RoutingProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    capacity: Annotated[int, Field(ge=0, le=1000)]
+    skills: Annotated[list[Skill], Field(max_length=50)] = []
+    team_ids: Annotated[list[uuid.UUID], Field(max_length=50)] = []
+    time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    shifts: Annotated[list[RoutingShift], Field(max_length=100)] = []
+    priority_weight: Annotated[int, Field(ge=-1000, le=1000)] = 0
+
+
+_WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _profile_json(profile: pb.AgentProfile) -> dict[str, object]:
+    return {
+        "agent_id": profile.agent_id,
+        "status": {1: "online", 2: "away", 3: "offline"}.get(int(profile.status), "offline"),
+        "capacity": profile.capacity,
+        "skills": list(profile.skills),
+        "team_ids": list(profile.team_ids),
+        "time_zone": profile.time_zone,
+        "shifts": [
+            {
+                "weekday": _WEEKDAYS[max(0, int(s.weekday) - 1)],
+                "start_minute": s.start_minute,
+                "end_minute": s.end_minute,
+            }
+            for s in profile.shifts
+        ],
+        "priority_weight": profile.priority_weight,
+    }
+
+
+async def get_routing(request: web.Request) -> web.Response:
+    """GET /api/v1/agents/{agent_id}/routing: the agent's routing profile (assignment)."""
+    admin = authenticate(request, "admin")
+    ctx = request.app[CHAT_KEY]
+    agent = await ctx.directory.user(admin.tenant_id, path_uuid(request, "agent_id"))
+    profile = await ctx.assignment.call(
+        lambda: ctx.assignment.client.get_agent_profile(str(admin.tenant_id), str(agent.id))
+    )
+    return web.json_response(_profile_json(profile))
+
+
+async def put_routing(request: web.Request) -> web.Response:
+    """PUT /api/v1/agents/{agent_id}/routing: set capacity, skills, teams and shifts."""
+    admin = authenticate(request, "admin")
+    body = await parse_body(request, RoutingProfile)
+    ctx = request.app[CHAT_KEY]
+    agent = await ctx.directory.user(admin.tenant_id, path_uuid(request, "agent_id"))
+    profile = pb.AgentProfile(
+        tenant_id=str(admin.tenant_id),
+        agent_id=str(agent.id),
+        display_name=agent.display_name,
+        capacity=body.capacity,
+        skills=body.skills,
+        team_ids=[str(t) for t in body.team_ids],
+        time_zone=body.time_zone,
+        shifts=[
+            Shift(
+                weekday=_WEEKDAYS.index(s.weekday) + 1,  # type: ignore[arg-type]
+                start_minute=s.start_minute,
+                end_minute=s.end_minute,
+            )
+            for s in body.shifts
+        ],
+        priority_weight=body.priority_weight,
+    )
+    reply = await ctx.assignment.call(lambda: ctx.assignment.client.upsert_agent_profile(profile))
+    return web.json_response(_profile_json(reply.profile))
+
+
 def add_admin_routes(app: web.Application) -> None:
     """Mount the admin endpoints."""
     app.router.add_get("/api/v1/inboxes", list_inboxes)
@@ -186,6 +267,8 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/agents", list_agents)
     app.router.add_post("/api/v1/agents", create_agent)
     app.router.add_patch("/api/v1/agents/{agent_id}", update_agent)
+    app.router.add_get("/api/v1/agents/{agent_id}/routing", get_routing)
+    app.router.add_put("/api/v1/agents/{agent_id}/routing", put_routing)
     app.router.add_get("/api/v1/teams", list_teams)
     app.router.add_post("/api/v1/teams", create_team)
     app.router.add_put("/api/v1/teams/{team_id}/members", set_team_members)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedesk.chat.access import authenticate, check_post
 from livedesk.chat.actions import ChatActions
-from livedesk.chat.api_support import parse_body, path_uuid, query_int
+from livedesk.chat.api_support import CHAT_KEY, parse_body, path_uuid, query_int
 from livedesk.chat.errors import Forbidden, Invalid
 from livedesk.chat.frames import PRIORITY_VALUES, conversation_json, message_json
 
@@ -34,6 +34,13 @@ class SendMessage(BaseModel):
 class MarkRead(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seq: Annotated[int, Field(ge=0, le=2**53)]
+
+
+class Transfer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
+    reason: Annotated[str, Field(max_length=500)] = ""
 
 
 class Rate(BaseModel):
@@ -189,6 +196,27 @@ async def rate(request: web.Request) -> web.Response:
     return web.json_response({"rating": body.rating, "comment": body.comment}, status=201)
 
 
+async def transfer(request: web.Request) -> web.Response:
+    """POST /api/v1/conversations/{conversation_id}/transfer: to an agent or a team queue."""
+    principal = authenticate(request, "agent", "admin")
+    body = await parse_body(request, Transfer)
+    if (body.agent_id is None) == (body.team_id is None):
+        raise Invalid("give agent_id or team_id, exactly one")
+    actions = request.app[ACTIONS_KEY]
+    conversation = await actions.visible(principal, path_uuid(request, "conversation_id"))
+    check_post(principal, conversation)
+    link = request.app[CHAT_KEY].assignment
+    await link.transfer(
+        principal,
+        str(conversation.id),
+        agent_id=str(body.agent_id) if body.agent_id else None,
+        team_id=str(body.team_id) if body.team_id else None,
+        reason=body.reason,
+    )
+    # The new placement arrives as conversation.assigned / .queued over the bus.
+    return web.json_response({"status": "transferring"}, status=202)
+
+
 def add_conversation_routes(app: web.Application, actions: ChatActions) -> None:
     """Mount the conversation endpoints."""
     app[ACTIONS_KEY] = actions
@@ -201,5 +229,6 @@ def add_conversation_routes(app: web.Application, actions: ChatActions) -> None:
     app.router.add_post(one + "/messages", send_message)
     app.router.add_post(one + "/resolve", resolve)
     app.router.add_post(one + "/reopen", reopen)
+    app.router.add_post(one + "/transfer", transfer)
     app.router.add_post(one + "/read", mark_read)
     app.router.add_post(one + "/csat", rate)

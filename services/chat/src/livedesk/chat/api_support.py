@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
+from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.errors import ChatError, Invalid
@@ -38,6 +39,7 @@ class ChatContext:
     directory: Directory
     conversations: ConversationStore
     issuer: TokenIssuer
+    assignment: AssignmentLink
 
 
 CHAT_KEY = web.AppKey("chat", ChatContext)

@@ -10,7 +10,15 @@ ChatError
 
 from __future__ import annotations
 
-__all__ = ["ChatError", "Conflict", "Forbidden", "Invalid", "NotFound", "RateLimited"]
+__all__ = [
+    "ChatError",
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "NotFound",
+    "RateLimited",
+    "Unavailable",
+]
 
 
 class ChatError(Exception):
@@ -57,3 +65,10 @@ class RateLimited(ChatError):
 
     status = 429
     code = "rate_limited"
+
+
+class Unavailable(ChatError):
+    """A dependency did not answer in time; try again."""
+
+    status = 503
+    code = "unavailable"

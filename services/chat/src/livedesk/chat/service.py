@@ -13,11 +13,13 @@ from importlib import resources
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
+from livedesk.assignment_client import AssignmentClient
 from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_admin import add_admin_routes
 from livedesk.chat.api_auth import add_auth_routes
 from livedesk.chat.api_conversations import add_conversation_routes
 from livedesk.chat.api_support import CHAT_KEY, ChatContext, chat_errors
+from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.fanout import Hub
@@ -150,18 +152,22 @@ async def main(shutdown: Shutdown) -> None:
         actions = ChatActions(conversations, directory, hub, settings.max_message_chars)
         await stack.enter_async_context(_routing_consumer(settings, RoutingEvents(actions)))
 
+        assignment_client = AssignmentClient(settings.assignment_grpc_url, timeout=3)
+        stack.push_async_callback(assignment_client.close)
         registry = SocketRegistry(
             settings.ws_connections_per_user,
             settings.ws_messages_per_second * 2,
             settings.ws_message_burst * 2,
         )
+        link = AssignmentLink(assignment_client, registry, pod_id)
+        await stack.enter_async_context(link.reporting(settings.presence_interval))
         health = HealthChecks()
         health.add("postgres", lambda: pool.fetchval("SELECT 1"))
         health.add("redis", redis.ping)
         app = create_app(
-            ChatContext(settings, directory, conversations, issuer),
+            ChatContext(settings, directory, conversations, issuer, link),
             actions,
-            WsContext(settings, actions, registry, verifier, redis),
+            WsContext(settings, actions, registry, verifier, redis, link.set_status),
             health,
         )
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))
