@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from livedesk.chat.access import Principal, check_post, check_view
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
-from livedesk.chat.errors import Forbidden, Invalid
+from livedesk.chat.errors import Conflict, Forbidden, Invalid
 from livedesk.chat.fanout import Hub, conversation_channel, staff_channel
 from livedesk.chat.frames import conversation_notice, dumps, message_frame
-from livedesk.chat.models import Conversation, Message
+from livedesk.chat.models import Conversation, Message, SenderKind
 
 __all__ = ["ChatActions"]
 
@@ -76,24 +76,38 @@ class ChatActions:
         client_msg_id: str | None,
         team_ids: Sequence[uuid.UUID] | None = None,
     ) -> tuple[Message, bool]:
-        """Post a message; (message, created). Committed before this returns."""
+        """Post a message; (message, created). Committed before this returns.
+
+        The common case is one statement; only when it writes nothing (no such
+        conversation, not allowed, resolved) is the conversation read to say why.
+        """
         if not body.strip():
             raise Invalid("body is empty")
         if len(body) > self.max_message_chars:
             raise Invalid(f"body is longer than {self.max_message_chars} characters")
-        conversation = await self.visible(principal, conversation_id, team_ids)
-        check_post(principal, conversation)
-        message, created, reopened = await self.conversations.post_message(
-            conversation,
-            sender_kind="visitor" if principal.role == "visitor" else "agent",
+        kind: SenderKind = "visitor" if principal.role == "visitor" else "agent"
+        appended = await self.conversations.append(
+            tenant_id=principal.tenant_id,
+            conversation_id=conversation_id,
+            sender_kind=kind,
             sender_id=principal.subject_id,
+            guard=principal.role,
             body=body,
             client_msg_id=client_msg_id,
         )
-        if reopened is not None:
+        if appended is None:
+            conversation = await self.visible(principal, conversation_id, team_ids)
+            check_post(principal, conversation)
+            if conversation.status != "resolved" or principal.role != "visitor":
+                raise Conflict("conversation is resolved")
+            message, created, reopened = await self.conversations.reopen_and_append(
+                conversation, principal.subject_id, body, client_msg_id
+            )
             await self._announce("reopened", reopened)
+        else:
+            message, created = appended
         if created:
-            await self.hub.publish(conversation_channel(conversation.id), message_frame(message))
+            await self.hub.publish(conversation_channel(conversation_id), message_frame(message))
         return message, created
 
     async def resolve(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:

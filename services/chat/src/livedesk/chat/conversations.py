@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from typing import Literal
 
 import asyncpg
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from livedesk.chat.errors import Conflict, NotFound
+from livedesk.chat.message_events import message_event_prefix
 from livedesk.chat.models import Conversation, Inbox, Message, SenderKind, record
 from livedesk.contracts.events.v1.common_pb2 import ActorKind
 from livedesk.contracts.events.v1.conversation_pb2 import (
@@ -25,10 +27,9 @@ from livedesk.contracts.events.v1.conversation_pb2 import (
     ConversationResolved,
 )
 from livedesk.contracts.events.v1.csat_pb2 import CsatSubmitted
-from livedesk.contracts.events.v1.message_pb2 import MessageCreated
 from livedesk.platform.bus import new_event
 from livedesk.platform.bus.outbox import Outbox
-from livedesk.platform.ids import uuid7
+from livedesk.platform.ids import uuid7, uuid7_str
 from livedesk.platform.postgres import Connection
 
 __all__ = ["PRODUCER", "ConversationStore", "Page"]
@@ -48,6 +49,27 @@ def actor_kind(role: str) -> ActorKind.ValueType:
     return _ACTOR_KIND[role]
 
 
+_APPEND_SQL = """
+    WITH c AS (
+        UPDATE conversations SET last_seq = last_seq + 1, updated_at = $8
+        WHERE id = $1 AND tenant_id = $2 AND status <> 'resolved' AND {guard}
+        RETURNING last_seq),
+    m AS (
+        INSERT INTO messages (conversation_id, seq, id, tenant_id, sender_kind, sender_id,
+                              body, client_msg_id, created_at)
+        SELECT $1, c.last_seq, $4, $2, $5, $3, $6, $7, $8 FROM c
+        RETURNING seq),
+    o AS (
+        INSERT INTO outbox (event_id, routing_key, body)
+        SELECT $9, 'message.created', chat_with_seq($10, m.seq) FROM m)
+    SELECT seq FROM m"""
+_APPEND = {
+    "visitor": _APPEND_SQL.format(guard="visitor_id = $3"),
+    "agent": _APPEND_SQL.format(guard="agent_id = $3"),
+    "admin": _APPEND_SQL.format(guard="$3::uuid IS NOT NULL"),
+}
+
+
 class Page:
     """A page of conversations and the cursor of the next one."""
 
@@ -56,7 +78,9 @@ class Page:
         self.next_cursor = next_cursor
 
 
-async def _emit(conn: Connection, conversation: Conversation, payload: ProtoMessage) -> None:
+async def _emit(
+    conn: Connection, conversation: Conversation, payload: ProtoMessage, *, notify: bool = True
+) -> None:
     await Outbox.add(
         conn,
         [
@@ -67,6 +91,7 @@ async def _emit(conn: Connection, conversation: Conversation, payload: ProtoMess
                 producer=PRODUCER,
             )
         ],
+        notify=notify,
     )
 
 
@@ -279,75 +304,102 @@ class ConversationStore:
 
     # --- messages ------------------------------------------------------------
 
-    async def post_message(
+    async def append(
         self,
-        conversation: Conversation,
         *,
+        tenant_id: uuid.UUID,
+        conversation_id: uuid.UUID,
         sender_kind: SenderKind,
-        sender_id: uuid.UUID | None,
+        sender_id: uuid.UUID,
+        guard: Literal["visitor", "agent", "admin"],
         body: str,
         client_msg_id: str | None,
-    ) -> tuple[Message, bool, Conversation | None]:
-        """Append a message with the next ``seq``; (message, created, reopened conversation).
+        conn: Connection | None = None,
+    ) -> tuple[Message, bool] | None:
+        """Append a message with the next ``seq``, in one statement; (message, created).
 
-        The seq comes from the conversation row under its lock, so it is
-        gap-free and strictly increasing. A retry with the same
+        The conversation row must belong to the tenant, not be resolved, and
+        match ``guard`` (the visitor's own, or assigned to the agent; admins
+        need only the tenant); otherwise nothing is written and None comes
+        back, for the caller to work out why. The seq is taken under the row's
+        lock, so it is gap-free and strictly increasing; the message and its
+        ``message.created`` outbox row commit together. A retry with the same
         ``client_msg_id`` returns the original message (``created`` False).
-        A visitor writing into a resolved conversation reopens it.
         """
+        message_id, created_at, event_id = uuid7(), dt.datetime.now(dt.UTC), uuid7_str()
+        prefix = message_event_prefix(
+            event_id=event_id,
+            tenant_id=tenant_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            sender_kind=actor_kind(sender_kind),
+            sender_id=sender_id,
+            body=body,
+            client_msg_id=client_msg_id,
+            created_at=created_at,
+            producer=PRODUCER,
+        )
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                reopened = None
-                if sender_kind == "visitor" and conversation.status == "resolved":
-                    assert sender_id is not None
-                    reopened = await self._reopen(conn, conversation.id, sender_id, "visitor")
-                row = await conn.fetchrow(
-                    """WITH c AS (
-                           UPDATE conversations SET last_seq = last_seq + 1, updated_at = now()
-                           WHERE id = $1 AND status <> 'resolved'
-                           RETURNING last_seq)
-                       INSERT INTO messages (conversation_id, seq, id, tenant_id, sender_kind,
-                                             sender_id, body, client_msg_id)
-                       SELECT $1, c.last_seq, $2, $3, $4, $5, $6, $7 FROM c
-                       RETURNING *""",
-                    conversation.id,
-                    uuid7(),
-                    conversation.tenant_id,
-                    sender_kind,
-                    sender_id,
-                    body,
-                    client_msg_id,
-                )
-                if row is None:
-                    raise Conflict("conversation is resolved")
-                message: Message = record(Message, row)
-                await _emit(
-                    conn,
-                    conversation,
-                    MessageCreated(
-                        message_id=str(message.id),
-                        seq=message.seq,
-                        sender_kind=actor_kind(sender_kind),
-                        sender_id=str(sender_id or ""),
-                        body=body,
-                        client_msg_id=client_msg_id or "",
-                        created_at=_timestamp(message.created_at),
-                    ),
-                )
-                return message, True, reopened
+            seq = await (conn or self._pool).fetchval(
+                _APPEND[guard],
+                conversation_id,
+                tenant_id,
+                sender_id,
+                message_id,
+                sender_kind,
+                body,
+                client_msg_id,
+                created_at,
+                event_id,
+                prefix,
+            )
         except asyncpg.UniqueViolationError:
+            if client_msg_id is None:
+                raise
             # A retry of a send that already committed: hand back the original.
-            original = await self._pool.fetchrow(
+            original = await (conn or self._pool).fetchrow(
                 """SELECT * FROM messages
-                   WHERE conversation_id = $1 AND sender_id IS NOT DISTINCT FROM $2
-                     AND client_msg_id = $3""",
-                conversation.id,
+                   WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3""",
+                conversation_id,
                 sender_id,
                 client_msg_id,
             )
             if original is None:
                 raise
-            return record(Message, original), False, None
+            return record(Message, original), False
+        if seq is None:
+            return None
+        message = Message(
+            conversation_id, seq, message_id, tenant_id, sender_kind, sender_id, body,
+            client_msg_id, created_at,
+        )  # fmt: skip
+        return message, True
+
+    async def reopen_and_append(
+        self,
+        conversation: Conversation,
+        visitor_id: uuid.UUID,
+        body: str,
+        client_msg_id: str | None,
+    ) -> tuple[Message, bool, Conversation]:
+        """A visitor writes into their resolved conversation: reopen it, then append."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            reopened = await self._reopen(conn, conversation.id, visitor_id, "visitor")
+            if reopened is None:
+                raise Conflict("conversation changed meanwhile; send again")
+            appended = await self.append(
+                tenant_id=conversation.tenant_id,
+                conversation_id=conversation.id,
+                sender_kind="visitor",
+                sender_id=visitor_id,
+                guard="visitor",
+                body=body,
+                client_msg_id=client_msg_id,
+                conn=conn,
+            )
+        if appended is None:
+            raise Conflict("conversation changed meanwhile; send again")
+        return appended[0], appended[1], reopened
 
     async def messages_after(
         self, conversation_id: uuid.UUID, after_seq: int, limit: int

@@ -143,7 +143,9 @@ async def main(shutdown: Shutdown) -> None:
         # Chat keeps accepting messages while RabbitMQ is down: the relay
         # connects on its own and catches up, so the broker is not a start-up
         # or readiness dependency here.
-        relay = OutboxRelay(settings.database_url, connect_publisher)
+        relay = OutboxRelay(
+            settings.database_url, connect_publisher, poll_interval=settings.outbox_poll_interval
+        )
         relay.start()
         stack.push_async_callback(relay.stop, settings.shutdown_timeout / 3)
 

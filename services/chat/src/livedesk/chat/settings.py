@@ -33,3 +33,4 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     ws_heartbeat: float = Field(30, gt=0, le=600)
     ws_replay_limit: int = Field(500, ge=10, le=10_000)
     presence_interval: float = Field(5, gt=0, le=300)
+    outbox_poll_interval: float = Field(0.05, gt=0, le=10)

@@ -42,16 +42,27 @@ class Outbox:
     """Adds events to the outbox table of the connection's database."""
 
     @staticmethod
-    async def add(conn: Connection, envs: Sequence[Envelope]) -> None:
-        """Queue ``envs``; they are published only if the surrounding transaction commits."""
+    async def add(conn: Connection, envs: Sequence[Envelope], *, notify: bool = True) -> None:
+        """Queue ``envs``; they are published only if the surrounding transaction commits.
+
+        ``notify`` wakes the relay at commit (NOTIFY) instead of at its next poll.
+        PostgreSQL serializes the commits of notifying transactions on one global
+        lock, so the hot path (one transaction per chat message) passes False and
+        relies on the relay's short poll; rare, latency-sensitive events notify.
+        """
         for env in envs:
             validate(env)
-        await conn.executemany(
-            "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)",
-            [(e.event_id, e.type, encode(e)) for e in envs],
-        )
-        # NOTIFY is delivered at commit, waking the relay without polling delay.
-        await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+        rows = [(e.event_id, e.type, encode(e)) for e in envs]
+        if len(rows) == 1:
+            await conn.execute(
+                "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)", *rows[0]
+            )
+        else:
+            await conn.executemany(
+                "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)", rows
+            )
+        if notify:
+            await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
 class OutboxRelay:

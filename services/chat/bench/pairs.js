@@ -1,0 +1,107 @@
+// k6 "pairs": each pair is one visitor socket on pod A and one agent socket on pod B
+// in the same conversation; every visitor sends one ~100-byte message per PERIOD ms;
+// the agent side measures end-to-end latency (send -> delivered over the other pod).
+import { WebSocket } from "k6/experimental/websockets";
+import { Counter, Trend } from "k6/metrics";
+import { SharedArray } from "k6/data";
+import exec from "k6/execution";
+
+const pairs = new SharedArray("pairs", () => JSON.parse(open(__ENV.PAIRS_FILE)));
+const PER_VU = parseInt(__ENV.PAIRS_PER_VU || "25");
+const PERIOD = parseInt(__ENV.PERIOD_MS || "1000");
+const DURATION = parseInt(__ENV.SEND_SECONDS || "30") * 1000;
+// Every pair starts sending at START_AT (epoch ms), after all sockets are open,
+// so the connection ramp does not pollute the steady-state numbers.
+const START_AT = parseInt(__ENV.START_AT || "0");
+const SETTLE = parseInt(__ENV.SETTLE_MS || "5000");
+const PAD = "x".repeat(60);
+
+const latency = new Trend("e2e_latency", true);
+const sent = new Counter("msgs_sent");
+const acked = new Counter("msgs_acked");
+const delivered = new Counter("msgs_delivered");
+const duplicates = new Counter("msgs_duplicate");
+const errors = new Counter("ws_errors");
+const opened = new Counter("ws_opened");
+
+export const options = {
+  scenarios: {
+    pairs: {
+      executor: "per-vu-iterations",
+      vus: parseInt(__ENV.VUS || "1"),
+      iterations: 1,
+      maxDuration: `${Math.ceil((DURATION + SETTLE) / 1000) + 180}s`,
+    },
+  },
+  summaryTrendStats: ["min", "avg", "med", "p(90)", "p(95)", "p(99)", "max"],
+};
+
+function pair(p, state) {
+  const visitor = new WebSocket(`${__ENV.POD_A}/ws?ticket=${p.visitor_ticket}`);
+  const agent = new WebSocket(`${__ENV.POD_B}/ws?ticket=${p.agent_ticket}`);
+  const seen = new Set();
+  let n = 0;
+  let timer = null;
+  let ready = 0;
+
+  function start() {
+    ready += 1;
+    if (ready < 2) return;
+    // Spread the pairs' sends over the period so the load is steady, not bursty.
+    const offset = Math.floor(Math.random() * PERIOD);
+    const begin = Math.max(START_AT, Date.now());
+    setTimeout(() => {
+      timer = setInterval(() => {
+        if (Date.now() - begin > DURATION) {
+          clearInterval(timer);
+          return;
+        }
+        n += 1;
+        visitor.send(JSON.stringify({
+          type: "send", conversation_id: p.conversation_id,
+          client_msg_id: `${p.conversation_id}:${n}`,
+          body: `${Date.now()}|${PAD}`,
+        }));
+        sent.add(1);
+      }, PERIOD);
+    }, begin - Date.now() + offset);
+  }
+
+  visitor.onopen = () => {
+    opened.add(1);
+    visitor.send(JSON.stringify({ type: "subscribe", conversation_id: p.conversation_id, after_seq: 0 }));
+  };
+  agent.onopen = () => {
+    opened.add(1);
+    agent.send(JSON.stringify({ type: "subscribe", conversation_id: p.conversation_id, after_seq: 0 }));
+  };
+  visitor.onmessage = (e) => {
+    const f = JSON.parse(e.data);
+    if (f.type === "subscribed") start();
+    else if (f.type === "ack") acked.add(1);
+    else if (f.type === "error") errors.add(1);
+  };
+  agent.onmessage = (e) => {
+    const f = JSON.parse(e.data);
+    if (f.type === "subscribed") start();
+    else if (f.type === "message") {
+      const m = f.message;
+      if (seen.has(m.seq)) { duplicates.add(1); return; }
+      seen.add(m.seq);
+      delivered.add(1);
+      latency.add(Date.now() - parseInt(m.body.split("|")[0]));
+    } else if (f.type === "error") errors.add(1);
+  };
+  visitor.onerror = () => errors.add(1);
+  agent.onerror = () => errors.add(1);
+  setTimeout(() => { visitor.close(); agent.close(); },
+    Math.max(START_AT - Date.now(), 0) + DURATION + SETTLE + PERIOD);
+}
+
+export default function () {
+  const vu = exec.vu.idInTest - 1;
+  const state = {};
+  for (let i = vu * PER_VU; i < Math.min((vu + 1) * PER_VU, pairs.length); i++) {
+    pair(pairs[i], state);
+  }
+}
