@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
+
+from livedesk.analytics.errors import MigrationError
 from livedesk.analytics.schema import (
     MIGRATIONS,
     Migration,
     applied_versions,
     migrate,
+    render,
     split_statements,
 )
 from livedesk.analytics.store import Store
@@ -21,9 +25,28 @@ def test_migration_files_load_in_version_order() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     first = MIGRATIONS[0]
     assert (first.version, first.name) == (1, "events")
-    assert len(first.statements) == 1
+    assert len(first.statements) == 2
     assert first.statements[0].startswith("-- Every event")
     assert "ReplacingMergeTree(ingested_at)" in first.statements[0]
+    assert first.statements[1].startswith("-- cluster only")
+
+
+def test_render_targets_one_node_or_a_cluster() -> None:
+    table, distributed = MIGRATIONS[0].statements
+    assert render(distributed) is None
+    single = render(table)
+    assert single is not None
+    assert "CREATE TABLE IF NOT EXISTS events \n" in single.replace("events  \n", "events \n")
+    assert "ENGINE = ReplacingMergeTree(ingested_at)" in single
+    clustered = render(table, "main")
+    assert clustered is not None
+    assert "CREATE TABLE IF NOT EXISTS events_local ON CLUSTER `main`" in clustered
+    assert "ENGINE = ReplicatedReplacingMergeTree(ingested_at)" in clustered
+    dist = render(distributed, "main")
+    assert dist is not None
+    assert "Distributed('main', currentDatabase(), events_local" in dist
+    with pytest.raises(MigrationError):
+        render(table, "x`; DROP")
 
 
 def test_split_statements_drops_comment_only_chunks_and_terminators() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from typing import TYPE_CHECKING
 
+import aio_pika
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from livedesk.analytics.store import Store
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
 from livedesk.contracts.events.v1.message_pb2 import MessageCreated
+from livedesk.platform.auth import AuthSettings, load_issuer
 from livedesk.platform.bus import EventPublisher, connect, new_event
 from livedesk.platform.testing import ServiceProcess, free_port, wait_until
 
@@ -130,4 +132,161 @@ async def test_a_second_process_on_the_same_chdb_directory_exits_3(
     assert await asyncio.to_thread(second.proc.wait, 60) == 3
     second.stop_quietly()
     assert "another process" in second.output()
+    assert await asyncio.to_thread(analytics.terminate) == 0
+
+
+async def _metric(base_url: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+async def _overview_created(base_url: str) -> int:
+    signed = load_issuer(AuthSettings(livedesk_env="test")).issue(
+        subject="admin-1",
+        tenant_id="tenant-1",
+        role="admin",
+        token_type="access",
+        ttl=dt.timedelta(minutes=5),
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{base_url}/api/v1/reports/overview",
+            params={"from": "2024-05-06T00:00:00Z", "to": "2024-05-07T00:00:00Z"},
+            headers={"Authorization": f"Bearer {signed}"},
+        ) as resp,
+    ):
+        body = await resp.json()
+    return int(body["conversations_created"])
+
+
+async def test_crashes_and_stops_lose_nothing_and_count_nothing_twice(
+    tmp_path: Path, bus_names: BusNames
+) -> None:
+    env = {
+        **bus_names.env(),
+        "PORT": str(free_port()),
+        "CHDB_PATH": str(tmp_path / "chdb"),
+        "INGEST_BATCH_SIZE": "500",
+        "INGEST_FLUSH_INTERVAL": "0.05",
+        "LAG_POLL_INTERVAL": "0.2",
+    }
+
+    def process(n: int) -> ServiceProcess:
+        return ServiceProcess("livedesk.analytics", env, tmp_path / f"a{n}.log", int(env["PORT"]))
+
+    first = process(1).start()
+    try:
+        await first.wait_ready()  # declares and binds the queue
+    finally:
+        first.kill()  # a crash, not a clean stop
+
+    at = dt.datetime(2024, 5, 6, 9, tzinfo=dt.UTC)
+    conversations = 1000
+    events = []
+    for i in range(conversations):
+        events.append(
+            new_event(
+                ConversationCreated(inbox_id="web"),
+                tenant_id="tenant-1",
+                producer="chat",
+                conversation_id=f"c{i}",
+                occurred_at=at + dt.timedelta(seconds=i),
+            )
+        )
+        for seq in (1, 2):
+            events.append(
+                new_event(
+                    MessageCreated(message_id=f"m{i}-{seq}", seq=seq, body=f"hello {i}"),
+                    tenant_id="tenant-1",
+                    producer="chat",
+                    conversation_id=f"c{i}",
+                    occurred_at=at + dt.timedelta(seconds=i, milliseconds=seq),
+                )
+            )
+    connection = await connect(bus_names.amqp_url, "analytics-test")
+    try:
+        publisher = await EventPublisher.create(connection, bus_names.exchange)
+        await publisher.publish_many(events)  # analytics is down: the queue holds them
+        await publisher.publish_many(events[::10])  # and redeliveries
+        await publisher.close()
+    finally:
+        await connection.close()
+
+    second = process(2).start()
+    try:
+        await second.wait_ready()
+
+        async def some_ingested() -> bool:
+            return await _metric(second.base_url, "livedesk_analytics_events_ingested_total") > 0
+
+        await wait_until(some_ingested, timeout=30, what="ingestion started")
+    finally:
+        second.kill()  # crash again, mid-catch-up
+
+    third = process(3).start()
+    try:
+        await third.wait_ready()
+
+        idle_polls = 0
+
+        async def caught_up() -> bool:
+            # Every conversation reported, nothing waiting in RabbitMQ nor in hand,
+            # over several polls of the queue depth (LAG_POLL_INTERVAL = 0.2 s).
+            nonlocal idle_polls
+            depth = await _metric(third.base_url, "livedesk_analytics_queue_messages")
+            in_flight = await _metric(third.base_url, "livedesk_analytics_events_in_flight")
+            created = await _overview_created(third.base_url)
+            idle = depth == 0 and in_flight == 0 and created == conversations
+            idle_polls = idle_polls + 1 if idle else 0
+            return idle_polls >= 4
+
+        await wait_until(caught_up, timeout=60, interval=0.2, what="queue drained")
+        assert await asyncio.to_thread(third.terminate) == 0
+    finally:
+        third.stop_quietly()
+
+    store = await Store.open(clickhouse_url=None, chdb_path=str(tmp_path / "chdb"))
+    try:
+        rows = await store.query(
+            "SELECT type, count() FROM events FINAL GROUP BY type ORDER BY type"
+        )
+        messages = await store.query("SELECT count() FROM messages FINAL")
+        created = await store.query(
+            "SELECT count() FROM conversation_events FINAL WHERE type = 'conversation.created'"
+        )
+    finally:
+        await store.close()
+    assert rows == [("conversation.created", conversations), ("message.created", 2 * conversations)]
+    assert messages == [(2 * conversations,)]
+    assert created == [(conversations,)]
+
+
+async def test_undecodable_events_go_to_the_dead_letter_queue(
+    analytics: ServiceProcess, bus_names: BusNames
+) -> None:
+    analytics.start()
+    await analytics.wait_ready()
+    connection = await aio_pika.connect(bus_names.amqp_url)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(bus_names.exchange)
+        await exchange.publish(
+            aio_pika.Message(b"\x00 not a protobuf envelope"), routing_key="message.created"
+        )
+
+        async def dead_lettered() -> bool:
+            raw = await channel.get_underlay_channel()
+            declared = await raw.queue_declare(f"{bus_names.queue('analytics')}.dlq", passive=True)
+            return declared.message_count == 1
+
+        await wait_until(dead_lettered, timeout=30, what="the DLQ holds the poison event")
+    finally:
+        await connection.close()
     assert await asyncio.to_thread(analytics.terminate) == 0

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import itertools
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf.json_format import MessageToJson
 
-from livedesk.analytics.metrics import EVENTS_INGESTED, LAST_FLUSH_ROWS
+from livedesk.analytics.metrics import (
+    EVENTS_IN_FLIGHT,
+    EVENTS_INGESTED,
+    INGEST_DELAY,
+    LAST_FLUSH_ROWS,
+    OLDEST_EVENT_AGE,
+)
 from livedesk.platform.bus import payload_of
 from livedesk.platform.logging import get_logger
 from livedesk.platform.tracing import parse_traceparent
@@ -55,6 +63,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
 """Columns of ``events`` in the order :func:`row_of` fills them."""
 
 _TYPE_COLUMN = EVENT_COLUMNS.index("type")
+_OCCURRED_COLUMN = EVENT_COLUMNS.index("occurred_at")
 
 
 def row_of(env: Envelope, ingested_at: dt.datetime) -> tuple[Any, ...]:
@@ -195,6 +204,22 @@ class EventIngestor:
         self._batcher: Batcher[tuple[Any, ...]] = Batcher(
             self._insert, max_items=batch_size, max_delay=flush_interval
         )
+        # occurred_at (epoch seconds) of every event in hand, for the lag metrics.
+        self._in_flight: dict[int, float] = {}
+        self._ids = itertools.count()
+        EVENTS_IN_FLIGHT.set_function(lambda: len(self._in_flight))
+        OLDEST_EVENT_AGE.set_function(self.oldest_age)
+
+    @property
+    def in_flight(self) -> int:
+        """Events received and not yet stored (or failed)."""
+        return len(self._in_flight)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest event in hand occurred; 0 when none is."""
+        if not self._in_flight:
+            return 0.0
+        return max(0.0, time.time() - min(self._in_flight.values()))
 
     @property
     def pending(self) -> int:
@@ -203,7 +228,13 @@ class EventIngestor:
 
     async def handle(self, env: Envelope) -> None:
         """Store ``env``; returns once ClickHouse has it, raises if the insert failed."""
-        await self._batcher.add(row_of(env, dt.datetime.now(dt.UTC)))
+        row = row_of(env, dt.datetime.now(dt.UTC))
+        key = next(self._ids)
+        self._in_flight[key] = row[_OCCURRED_COLUMN].timestamp()
+        try:
+            await self._batcher.add(row)
+        finally:
+            del self._in_flight[key]
 
     async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -212,6 +243,9 @@ class EventIngestor:
             log.warning("ingest_insert_failed", rows=len(rows), error=str(exc))
             raise
         LAST_FLUSH_ROWS.set(len(rows))
+        now = time.time()
+        for row in rows:
+            INGEST_DELAY.observe(max(0.0, now - row[_OCCURRED_COLUMN].timestamp()))
         for event_type, count in collections.Counter(r[_TYPE_COLUMN] for r in rows).items():
             EVENTS_INGESTED.labels(event_type).inc(count)
         log.debug("ingest_flushed", rows=len(rows))

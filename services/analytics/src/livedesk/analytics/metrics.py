@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["EVENTS_INGESTED", "LAST_FLUSH_ROWS"]
+__all__ = [
+    "EVENTS_INGESTED",
+    "EVENTS_IN_FLIGHT",
+    "INGEST_DELAY",
+    "LAST_FLUSH_ROWS",
+    "OLDEST_EVENT_AGE",
+    "QUEUE_MESSAGES",
+    "REPORT_SECONDS",
+]
 
 EVENTS_INGESTED = Counter(
     "livedesk_analytics_events_ingested_total",
@@ -14,4 +22,28 @@ EVENTS_INGESTED = Counter(
 LAST_FLUSH_ROWS = Gauge(
     "livedesk_analytics_last_flush_rows",
     "Rows in the last batch written to ClickHouse.",
+)
+QUEUE_MESSAGES = Gauge(
+    "livedesk_analytics_queue_messages",
+    "Events waiting in the analytics queue, not yet delivered (polled every LAG_POLL_INTERVAL).",
+)
+EVENTS_IN_FLIGHT = Gauge(
+    "livedesk_analytics_events_in_flight",
+    "Events delivered to this process and not yet stored in ClickHouse.",
+)
+OLDEST_EVENT_AGE = Gauge(
+    "livedesk_analytics_oldest_event_age_seconds",
+    "Age (now - occurred_at) of the oldest event delivered but not yet stored; 0 when none."
+    " The queue is FIFO, so the events still in RabbitMQ are younger.",
+)
+INGEST_DELAY = Histogram(
+    "livedesk_analytics_ingest_delay_seconds",
+    "From an event's occurred_at to the moment ClickHouse stored it.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
+REPORT_SECONDS = Histogram(
+    "livedesk_analytics_report_seconds",
+    "Time to answer a report or search request, by report.",
+    ["report"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

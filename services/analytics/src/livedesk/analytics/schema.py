@@ -10,6 +10,22 @@ starting together against one server may both run it. So every statement
 must be idempotent (``CREATE TABLE IF NOT EXISTS``, ``ADD COLUMN IF NOT
 EXISTS``, ...), and the record table is a ReplacingMergeTree read with FINAL,
 so a version recorded twice still counts once.
+
+The same files serve one node and a cluster (``CLICKHOUSE_CLUSTER``); each
+statement is rendered by :func:`render` first:
+
+=================  =====================  ==========================================
+placeholder        one node               cluster ``c``
+=================  =====================  ==========================================
+``{local}``        (empty)                ``_local`` (the per-shard table)
+``{on_cluster}``   (empty)                ``ON CLUSTER `c```
+``{replicated}``   (empty)                ``Replicated`` (``ReplicatedReplacingMergeTree``)
+``{cluster}``      ``''``                 ``'c'`` (for ``Distributed(...)``)
+=================  =====================  ==========================================
+
+A statement whose first line is ``-- cluster only`` (the Distributed table
+over the ``_local`` ones) runs only on a cluster. Replicated engines take no
+arguments: the server's ``default_replica_path`` / ``default_replica_name`` apply.
 """
 
 from __future__ import annotations
@@ -28,23 +44,54 @@ if TYPE_CHECKING:
 
     from livedesk.analytics.store import Store
 
-__all__ = ["MIGRATIONS", "Migration", "applied_versions", "load_migrations", "migrate"]
+__all__ = [
+    "MIGRATIONS",
+    "Migration",
+    "applied_versions",
+    "load_migrations",
+    "migrate",
+    "render",
+]
 
 log = get_logger("livedesk.analytics.schema")
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
 
+_CLUSTER_ONLY = "-- cluster only"
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
 _CREATE_RECORD_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations {on_cluster}
 (
     version    UInt32,
     name       String,
     applied_at DateTime64(3, 'UTC')
 )
-ENGINE = ReplacingMergeTree(applied_at)
+ENGINE = {replicated}ReplacingMergeTree(applied_at)
 ORDER BY version
 """
+
+
+def render(statement: str, cluster: str | None = None) -> str | None:
+    """``statement`` with its placeholders filled; None when it is not for this topology.
+
+    Raises:
+        MigrationError: ``cluster`` is not a plain cluster name.
+    """
+    if cluster is not None and not _CLUSTER_NAME.match(cluster):
+        raise MigrationError(f"cluster name {cluster!r} is not [A-Za-z0-9_.-]+")
+    if statement.startswith(_CLUSTER_ONLY) and cluster is None:
+        return None
+    values = {
+        "{local}": "_local" if cluster else "",
+        "{on_cluster}": f"ON CLUSTER `{cluster}`" if cluster else "",
+        "{replicated}": "Replicated" if cluster else "",
+        "{cluster}": f"'{cluster}'" if cluster else "''",
+    }
+    for placeholder, value in values.items():
+        statement = statement.replace(placeholder, value)
+    return statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,22 +140,28 @@ def load_migrations(package: str = "livedesk.analytics.migrations") -> tuple[Mig
 MIGRATIONS: tuple[Migration, ...] = load_migrations()
 
 
-async def applied_versions(store: Store) -> set[int]:
+async def applied_versions(store: Store, cluster: str | None = None) -> set[int]:
     """Versions recorded in ``schema_migrations`` (which is created if missing)."""
-    await store.command(_CREATE_RECORD_TABLE)
+    record_table = render(_CREATE_RECORD_TABLE, cluster)
+    assert record_table is not None
+    await store.command(record_table)
     rows = await store.query("SELECT version FROM schema_migrations FINAL")
     return {int(row[0]) for row in rows}
 
 
-async def migrate(store: Store, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+async def migrate(
+    store: Store, migrations: Sequence[Migration] = MIGRATIONS, *, cluster: str | None = None
+) -> list[int]:
     """Apply the migrations not yet recorded, in order; the versions applied now.
+
+    ``cluster`` names the ClickHouse cluster the tables are spread over (None: one node).
 
     A database migrated by newer code (a rollback) is used as it is, with a warning.
 
     Raises:
         StoreError: a statement failed; the versions before it stay applied.
     """
-    done = await applied_versions(store)
+    done = await applied_versions(store, cluster)
     if unknown := sorted(done - {m.version for m in migrations}):
         log.warning("schema_newer_than_code", unknown_versions=unknown)
     applied: list[int] = []
@@ -116,7 +169,9 @@ async def migrate(store: Store, migrations: Sequence[Migration] = MIGRATIONS) ->
         if migration.version in done:
             continue
         for statement in migration.statements:
-            await store.command(statement)
+            rendered = render(statement, cluster)
+            if rendered is not None:
+                await store.command(rendered)
         await store.insert(
             "schema_migrations",
             [(migration.version, migration.name, dt.datetime.now(dt.UTC))],

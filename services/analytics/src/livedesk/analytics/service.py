@@ -1,7 +1,8 @@
 """The analytics process: every event from the bus into ClickHouse, plus the ops routes.
 
 Start-up, in order: open the store (ClickHouse server or chDB), apply the
-schema migrations, connect to RabbitMQ, serve HTTP, start consuming. On
+schema migrations, connect to RabbitMQ, serve HTTP (reports, search and ops
+routes), start consuming and polling the queue depth. On
 SIGTERM, the reverse: report "draining" on /readyz, stop consuming (in-flight
 events finish and their batch is written, the rest stay in the queue), write
 anything still pending, stop HTTP, close RabbitMQ, close the store.
@@ -12,20 +13,21 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
+from livedesk.analytics.api import create_app
 from livedesk.analytics.ingest import EventIngestor
+from livedesk.analytics.lag import QueueDepthMonitor
 from livedesk.analytics.schema import migrate
 from livedesk.analytics.settings import AnalyticsSettings
 from livedesk.analytics.store import Store
+from livedesk.platform.auth import AuthSettings, load_verifier
 from livedesk.platform.bus import EventConsumer, QueueTopology, connect, connection_check
 from livedesk.platform.health import HealthChecks
-from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger
 from livedesk.platform.runtime import serve_http
 from livedesk.platform.settings import load_settings
 
 if TYPE_CHECKING:
+    from livedesk.platform.auth import TokenVerifier
     from livedesk.platform.runtime import Shutdown
 
 __all__ = ["QUEUE_BASE", "SERVICE", "main", "run"]
@@ -40,12 +42,14 @@ log = get_logger("livedesk.analytics")
 async def main(shutdown: Shutdown) -> None:
     """Entry point for :func:`livedesk.platform.runtime.run_service`."""
     settings = load_settings(AnalyticsSettings)
+    # Before anything opens: bad key material must stop the process at once (exit 2).
+    verifier = load_verifier(load_settings(AuthSettings))
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     shutdown.drain_timeout = settings.shutdown_timeout
-    await run(settings, shutdown)
+    await run(settings, shutdown, verifier)
 
 
-async def run(settings: AnalyticsSettings, shutdown: Shutdown) -> None:
+async def run(settings: AnalyticsSettings, shutdown: Shutdown, verifier: TokenVerifier) -> None:
     """Run the service with ``settings`` until ``shutdown`` is requested, then drain."""
     health = HealthChecks()
     async with AsyncExitStack() as stack:
@@ -53,7 +57,7 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown) -> None:
             clickhouse_url=settings.clickhouse_url, chdb_path=settings.chdb_path
         )
         stack.push_async_callback(store.close)
-        applied = await migrate(store)
+        applied = await migrate(store, cluster=settings.clickhouse_cluster)
         log.info("schema_ready", applied=applied)
 
         connection = await connect(settings.amqp_url, SERVICE)
@@ -69,8 +73,7 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown) -> None:
 
         health.add("clickhouse", store.ping)
         health.add("rabbitmq", rabbitmq_ready)
-        app = web.Application(middlewares=[request_context, json_errors])
-        add_ops_routes(app, health)
+        app = create_app(store, health, verifier, query_timeout=settings.report_query_timeout)
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))
 
         ingestor = EventIngestor(
@@ -96,6 +99,9 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown) -> None:
         # Leave time, within the runtime's forced-exit deadline, to close after draining.
         stack.push_async_callback(consumer.stop, settings.shutdown_timeout / 2)
         consumer_started = True
+        lag = QueueDepthMonitor(connection, consumer.topology.name, settings.lag_poll_interval)
+        lag.start()
+        stack.push_async_callback(lag.stop)
         log.info("analytics_started", store=store.target, queue=consumer.topology.name)
 
         await shutdown.wait()

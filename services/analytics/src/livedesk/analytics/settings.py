@@ -9,6 +9,10 @@ Besides the variables every service and every bus user has (see
 - ``CHDB_PATH``: chDB's data directory, used only without ``CLICKHOUSE_URL``.
 - ``INGEST_BATCH_SIZE``: rows per INSERT at most.
 - ``INGEST_FLUSH_INTERVAL``: seconds a row may wait for its batch to fill.
+- ``CLICKHOUSE_CLUSTER``: cluster name; when set (with ``CLICKHOUSE_URL``) the schema is
+  created ``ON CLUSTER`` with Replicated tables and Distributed tables over them.
+- ``LAG_POLL_INTERVAL``: seconds between two reads of the queue depth for the lag metrics.
+- ``REPORT_QUERY_TIMEOUT``: seconds a report or search query may run before it is abandoned (504).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class AnalyticsSettings(ServiceSettings, AmqpSettings):
     chdb_path: str = Field(".run/analytics/chdb", min_length=1)
     ingest_batch_size: int = Field(5000, gt=0, le=MAX_BATCH_SIZE)
     ingest_flush_interval: float = Field(0.5, gt=0, le=60)
+    clickhouse_cluster: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]*$")
+    lag_poll_interval: float = Field(5.0, gt=0, le=3600)
+    report_query_timeout: float = Field(30.0, gt=0, le=600)
 
     @field_validator("clickhouse_url")
     @classmethod
@@ -46,3 +53,8 @@ class AnalyticsSettings(ServiceSettings, AmqpSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL of a ClickHouse server")
         return value.strip()
+
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _cluster_name(cls, value: str | None) -> str | None:
+        return value or None

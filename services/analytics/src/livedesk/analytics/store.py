@@ -98,12 +98,18 @@ class Store:
         await self._call(self._client.command, sql, parameters=parameters)
 
     async def query(
-        self, sql: str, parameters: Mapping[str, Any] | None = None
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> list[tuple[Any, ...]]:
-        """Run a ``SELECT``; its rows as tuples. ``{name:Type}`` binds ``parameters[name]``."""
+        """Run a ``SELECT``; its rows as tuples. ``{name:Type}`` binds ``parameters[name]``.
+
+        ``settings`` are ClickHouse query settings (e.g. ``max_execution_time``).
+        """
 
         def run() -> list[tuple[Any, ...]]:
-            result = self._client.query(sql, parameters=parameters)
+            result = self._client.query(sql, parameters=parameters, settings=settings)
             return [tuple(row) for row in result.result_rows]
 
         return await self._call(run)

@@ -4,7 +4,7 @@
 -- replay). Rows with the same (tenant_id, type, event_id) collapse into one
 -- when parts merge, keeping the latest ingested_at; queries that must not
 -- double-count read with FINAL (or GROUP BY event_id).
-CREATE TABLE IF NOT EXISTS events
+CREATE TABLE IF NOT EXISTS events{local} {on_cluster}
 (
     event_id        UUID,
     type            LowCardinality(String),
@@ -17,6 +17,12 @@ CREATE TABLE IF NOT EXISTS events
     payload         String,
     ingested_at     DateTime64(3, 'UTC')
 )
-ENGINE = ReplacingMergeTree(ingested_at)
+ENGINE = {replicated}ReplacingMergeTree(ingested_at)
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (tenant_id, type, event_id);
+
+-- cluster only
+-- On a cluster, `events` is the Distributed table over every shard's
+-- events_local; a conversation's events all live on one shard.
+CREATE TABLE IF NOT EXISTS events {on_cluster} AS events_local
+ENGINE = Distributed({cluster}, currentDatabase(), events_local, cityHash64(tenant_id, conversation_id));
