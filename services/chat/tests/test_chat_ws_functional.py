@@ -242,3 +242,20 @@ async def test_drain_tells_clients_to_reconnect(chat: Chat) -> None:
     msg = await ws.receive(timeout=5)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert ws.close_code == 1012
+
+
+async def test_consoles_hear_only_what_they_may_see(chat: Chat) -> None:
+    in_team = await chat.ws(chat.token(chat.org.agent))  # member of the inbox's team
+    outsider = await chat.ws(chat.token(chat.org.other_agent))  # in no team
+    admin = await chat.ws(chat.token())
+    other_tenant = await chat.ws(chat.token(chat.stranger.admin))
+    visitor = await chat.visitor()
+    conversation = await chat.conversation(visitor["access_token"])
+    for ws in (in_team, admin):
+        notice = await _next(ws, "conversation")
+        assert (notice["event"], notice["conversation"]["id"]) == ("created", conversation["id"])
+    # The outsider and the other tenant hear nothing of it: a ping proves their
+    # sockets are live and nothing was queued before the pong.
+    for ws in (outsider, other_tenant):
+        await ws.send_json({"type": "ping", "id": "live"})
+        assert (await ws.receive_json(timeout=5))["type"] == "pong"

@@ -13,7 +13,7 @@ from livedesk.chat.access import Principal, check_post, check_view
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.errors import Conflict, Forbidden, Invalid
-from livedesk.chat.fanout import Hub, conversation_channel, staff_channel
+from livedesk.chat.fanout import Hub, conversation_channel, staff_channels
 from livedesk.chat.frames import conversation_notice, dumps, message_frame
 from livedesk.chat.models import Conversation, Message, SenderKind
 
@@ -63,9 +63,9 @@ class ChatActions:
         conversation = await self.conversations.create(
             inbox, visitor.id, subject=subject, priority=priority
         )
-        await self.hub.publish(
-            staff_channel(conversation.tenant_id), conversation_notice("created", conversation)
-        )
+        frame = conversation_notice("created", conversation)
+        for channel in staff_channels(conversation.tenant_id, [conversation.team_id], []):
+            await self.hub.publish(channel, frame)
         return conversation
 
     async def send(
@@ -155,11 +155,30 @@ class ChatActions:
         )
         return stored
 
-    async def _announce(self, event: str, conversation: Conversation, **extra: object) -> None:
+    async def _announce(
+        self,
+        event: str,
+        conversation: Conversation,
+        *,
+        also_agents: Sequence[uuid.UUID] = (),
+        **extra: object,
+    ) -> None:
         frame = conversation_notice(event, conversation, **extra)
         await self.hub.publish(conversation_channel(conversation.id), frame)
-        await self.hub.publish(staff_channel(conversation.tenant_id), frame)
+        agents = [a for a in (conversation.agent_id, *also_agents) if a is not None]
+        for channel in staff_channels(conversation.tenant_id, [conversation.team_id], agents):
+            await self.hub.publish(channel, frame)
 
-    async def announce(self, event: str, conversation: Conversation, **extra: object) -> None:
-        """Tell the conversation's participants and the tenant's consoles of a change."""
-        await self._announce(event, conversation, **extra)
+    async def announce(
+        self,
+        event: str,
+        conversation: Conversation,
+        *,
+        also_agents: Sequence[uuid.UUID] = (),
+        **extra: object,
+    ) -> None:
+        """Tell the participants, and the consoles allowed to see it, of a change.
+
+        ``also_agents``: agents who lose the conversation and must hear it go.
+        """
+        await self._announce(event, conversation, also_agents=also_agents, **extra)

@@ -6,8 +6,10 @@ listener, which hands the same text to each local socket's send queue.
 Pub/sub is at-most-once: clients detect gaps by ``seq`` and fetch them
 (docs/protocol.md), so a lost publish delays a message but never loses it.
 
-Channels: ``ld:c:{conversation_id}`` (a conversation's participants) and
-``ld:t:{tenant_id}:staff`` (lifecycle notices for the tenant's consoles).
+Channels: ``ld:c:{conversation_id}`` (a conversation's participants) and,
+for the consoles, lifecycle notices scoped to who may see them:
+``ld:t:{tenant}:admins``, ``ld:t:{tenant}:team:{team_id|none}`` (a team's
+queue) and ``ld:t:{tenant}:agent:{agent_id}`` (an agent's own conversations).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -23,7 +26,14 @@ from redis.exceptions import RedisError
 
 from livedesk.platform.logging import get_logger
 
-__all__ = ["RESYNC_FRAME", "Hub", "Listener", "conversation_channel", "staff_channel"]
+__all__ = [
+    "RESYNC_FRAME",
+    "Hub",
+    "Listener",
+    "console_channels",
+    "conversation_channel",
+    "staff_channels",
+]
 
 RESYNC_FRAME = '{"type":"resync"}'
 
@@ -36,9 +46,33 @@ def conversation_channel(conversation_id: uuid.UUID) -> str:
     return f"ld:c:{conversation_id}"
 
 
-def staff_channel(tenant_id: uuid.UUID) -> str:
-    """The channel of a tenant's agent consoles."""
-    return f"ld:t:{tenant_id}:staff"
+def staff_channels(
+    tenant_id: uuid.UUID, team_ids: Iterable[uuid.UUID | None], agent_ids: Iterable[uuid.UUID]
+) -> list[str]:
+    """The console channels a notice about these teams' and agents' conversations goes to.
+
+    Admins see everything; an agent, their own conversations and their teams'
+    queues (a conversation of no team is everyone's queue).
+    """
+    base = f"ld:t:{tenant_id}"
+    channels = [f"{base}:admins"]
+    channels += [f"{base}:team:{team or 'none'}" for team in set(team_ids)]
+    channels += [f"{base}:agent:{agent}" for agent in set(agent_ids)]
+    return channels
+
+
+def console_channels(
+    tenant_id: uuid.UUID, role: str, subject_id: uuid.UUID, team_ids: Iterable[uuid.UUID]
+) -> list[str]:
+    """The console channels a staff member listens to."""
+    base = f"ld:t:{tenant_id}"
+    if role == "admin":
+        return [f"{base}:admins"]
+    return [
+        f"{base}:agent:{subject_id}",
+        f"{base}:team:none",
+        *(f"{base}:team:{team}" for team in team_ids),
+    ]
 
 
 class Listener(Protocol):

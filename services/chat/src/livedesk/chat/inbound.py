@@ -62,14 +62,26 @@ class RoutingEvents:
             )
             if changed is None:
                 return DUPLICATE
-            await self._actions.announce("assigned", changed, assigned_by=int(payload.assigned_by))
+            previous = _uuid(payload.previous_agent_id)
+            await self._actions.announce(
+                "assigned",
+                changed,
+                also_agents=[previous] if previous else [],
+                assigned_by=int(payload.assigned_by),
+            )
         elif isinstance(payload, ConversationQueued):
             changed = await store.apply_queued(
                 conversation_id, payload.position, _uuid(payload.team_id), occurred
             )
             if changed is None:
                 return DUPLICATE
-            await self._actions.announce("queued", changed, position=payload.position)
+            previous = _uuid(payload.previous_agent_id)
+            await self._actions.announce(
+                "queued",
+                changed,
+                also_agents=[previous] if previous else [],
+                position=payload.position,
+            )
         elif isinstance(payload, ConversationTransferred):
             # The follow-up conversation.assigned / .queued carries the new state;
             # here the participants only learn that a transfer is under way.
@@ -77,9 +89,11 @@ class RoutingEvents:
             if tenant is None:
                 return DUPLICATE
             conversation = await store.get(tenant, conversation_id)
+            source = _uuid(payload.from_agent_id)
             await self._actions.announce(
                 "transferred",
                 conversation,
+                also_agents=[source] if source else [],
                 from_agent_id=payload.from_agent_id or None,
                 to_agent_id=payload.to_agent_id or None,
                 to_team_id=payload.to_team_id or None,

@@ -17,7 +17,7 @@ from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_auth import origin_allowed
 from livedesk.chat.api_support import validation_message
 from livedesk.chat.errors import ChatError, Invalid
-from livedesk.chat.fanout import conversation_channel, staff_channel
+from livedesk.chat.fanout import console_channels, conversation_channel
 from livedesk.chat.frames import dumps, error_frame, message_json
 from livedesk.chat.protocol import (
     CLIENT_FRAME,
@@ -139,7 +139,13 @@ class _Session:
     async def start(self) -> None:
         self.socket.team_ids = await self.actions.team_ids(self.principal)
         if self.principal.is_staff:
-            await self._join(staff_channel(self.principal.tenant_id))
+            for channel in console_channels(
+                self.principal.tenant_id,
+                self.principal.role,
+                self.principal.subject_id,
+                self.socket.team_ids,
+            ):
+                await self._join(channel)
         self.socket.deliver(
             dumps(
                 {
