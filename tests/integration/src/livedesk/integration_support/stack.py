@@ -51,7 +51,13 @@ async def running_stack(
     stack = Stack(
         chat=ServiceProcess(
             "livedesk.chat",
-            {**common, "PORT": str(ports["chat"]), "DATABASE_URL": chat_db},
+            {
+                **common,
+                "PORT": str(ports["chat"]),
+                "DATABASE_URL": chat_db,
+                "ASSIGNMENT_GRPC_URL": f"127.0.0.1:{ports['grpc']}",
+                "PRESENCE_INTERVAL": "1",
+            },
             tmp_path / "chat.log",
             ports["chat"],
         ),
