@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from livedesk.platform.bus.envelope import Envelope, decode, encode, validate
-from livedesk.platform.bus.publisher import EventPublisher
-from livedesk.platform.errors import DecodeError, DependencyError, PublishError, UnroutableError
+from livedesk.platform.bus.envelope import Envelope, encode, validate
+from livedesk.platform.bus.publisher import EncodedEvent, EventPublisher
+from livedesk.platform.errors import DependencyError, PublishError, UnroutableError
 from livedesk.platform.logging import get_logger
 from livedesk.platform.metrics import OUTBOX_PARKED, OUTBOX_PENDING
 from livedesk.platform.postgres import Connection
@@ -159,7 +159,8 @@ class OutboxRelay:
         """Publish one batch; rows handled, or -1 when the broker is in trouble."""
         self._wake.clear()
         rows = await conn.fetch(
-            """SELECT id, body, attempts FROM outbox WHERE next_attempt_at <= now()
+            """SELECT id, event_id, routing_key, body, attempts FROM outbox
+               WHERE next_attempt_at <= now()
                ORDER BY id LIMIT $1""",
             self._batch_size,
         )
@@ -172,16 +173,11 @@ class OutboxRelay:
             except DependencyError as exc:
                 log.warning("outbox_broker_unreachable", error=str(exc), pending=len(rows))
                 return -1
-        sendable, envs, done = [], [], []
-        for row in rows:
-            try:
-                envs.append(decode(row["body"]))
-                sendable.append(row)
-            except DecodeError as exc:
-                # Rows are validated on insert; one that is not an event cannot be sent.
-                log.error("outbox_row_undecodable", row_id=row["id"], error=str(exc))
-                done.append(row["id"])
-        outcomes = await self._publisher.publish_each(envs)
+        # Rows were validated when written; they go out as they are, without decoding.
+        sendable = list(rows)
+        done: list[int] = []
+        events = [EncodedEvent(str(r["event_id"]), r["routing_key"], r["body"]) for r in rows]
+        outcomes = await self._publisher.publish_each(events)
         unroutable = []
         trouble: PublishError | None = None
         for row, outcome in zip(sendable, outcomes, strict=True):
