@@ -219,20 +219,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         watched = {
             "chat pods": [p.proc.pid for p in pods],  # type: ignore[union-attr]
-            "postgres": pids_named("postgres"),
+            "postgres": pids_named("postgres"),  # postmaster, backends, WAL writer ...
             "redis": pids_named("redis-server"),
             "rabbitmq": pids_named("beam.smp"),
             "k6": [k6_proc.pid],
         }
         # Steady state: from a few seconds after the start to a few before the end.
         await asyncio.sleep(max(0.0, start_at - time.time()) + 3)
-        cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
+        cpu0 = {k: {p: cpu_seconds(p) for p in v} for k, v in watched.items()}
         t0 = time.monotonic()
         async with asyncpg.create_pool(database, min_size=1, max_size=1) as pool:
             seq0 = await pool.fetchval("SELECT count(*) FROM messages")
             await asyncio.sleep(max(1.0, args.seconds - 6))
             during = [rss_kib(p.proc.pid) for p in pods]  # type: ignore[union-attr]
-            cpu1 = {k: sum(cpu_seconds(p) for p in v) for k, v in watched.items()}
+            # Per process, over the processes alive at both ends of the window
+            # (a PostgreSQL backend may come or go meanwhile).
+            cpu = {
+                k: sum(max(0.0, cpu_seconds(p) - c0) for p, c0 in v.items() if cpu_seconds(p))
+                for k, v in cpu0.items()
+            }
             window = time.monotonic() - t0
             seq1 = await pool.fetchval("SELECT count(*) FROM messages")
             k6_proc.wait(timeout=args.seconds + 300)
@@ -269,9 +274,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 sum(d - b for d, b in zip(during, baseline, strict=True)) / (2 * args.pairs), 1
             ),
             "cpu_s_per_1000_msgs": {
-                k: round((cpu1[k] - cpu0[k]) / max(msgs_window, 1) * 1000, 3) for k in cpu0
+                k: round(v / max(msgs_window, 1) * 1000, 3) for k, v in cpu.items()
             },
-            "cpu_cores": {k: round((cpu1[k] - cpu0[k]) / window, 2) for k in cpu0},
+            "cpu_cores": {k: round(v / window, 2) for k, v in cpu.items()},
         }
         return result
     finally:

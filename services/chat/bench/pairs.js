@@ -81,16 +81,32 @@ function pair(p, state) {
     else if (f.type === "ack") acked.add(1);
     else if (f.type === "error") errors.add(1);
   };
+  // The agent follows docs/protocol.md: it keeps the highest contiguous seq and
+  // fetches what it missed on a gap or a resync, so "lost" means really lost.
+  let highest = 0;
+  let fetching = false;
+  function keep(m) {
+    if (seen.has(m.seq)) { duplicates.add(1); return; }
+    seen.add(m.seq);
+    delivered.add(1);
+    latency.add(Date.now() - parseInt(m.body.split("|")[0]));
+    if (m.seq > highest + 1 && !fetching) fetch();
+    while (seen.has(highest + 1)) highest += 1;
+  }
+  function fetch() {
+    fetching = true;
+    agent.send(JSON.stringify({ type: "fetch", conversation_id: p.conversation_id, after_seq: highest, limit: 500 }));
+  }
   agent.onmessage = (e) => {
     const f = JSON.parse(e.data);
     if (f.type === "subscribed") start();
-    else if (f.type === "message") {
-      const m = f.message;
-      if (seen.has(m.seq)) { duplicates.add(1); return; }
-      seen.add(m.seq);
-      delivered.add(1);
-      latency.add(Date.now() - parseInt(m.body.split("|")[0]));
-    } else if (f.type === "error") errors.add(1);
+    else if (f.type === "message") keep(f.message);
+    else if (f.type === "messages") {
+      fetching = false;
+      for (const m of f.messages) keep(m);
+      if (f.more) fetch();
+    } else if (f.type === "resync") fetch();
+    else if (f.type === "error") errors.add(1);
   };
   visitor.onerror = () => errors.add(1);
   agent.onerror = () => errors.add(1);

@@ -10,9 +10,20 @@ from livedesk.platform.errors import DependencyError
 __all__ = ["connect_redis"]
 
 
-async def connect_redis(url: str) -> aioredis.Redis:
-    """A pooled client for ``url``; DependencyError when Redis does not answer PING."""
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+async def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A pooled client for ``url``; DependencyError when Redis does not answer PING.
+
+    The pool blocks (up to 5 s) for a free connection instead of failing: a
+    burst of thousands of socket handshakes must queue, not error.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    client = aioredis.Redis(connection_pool=pool)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:

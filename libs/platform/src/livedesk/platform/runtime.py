@@ -113,7 +113,9 @@ async def serve_http(
     """Serve ``app`` on host:port; on exit stop accepting, let requests finish, close."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # A deep accept backlog: thousands of clients reconnect at once after a pod
+    # restarts, and the default (128) would refuse most of them.
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=4096)
     await site.start()
     log.info("http_listening", host=host, port=port)
     try:
