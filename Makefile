@@ -19,12 +19,12 @@ install: ## Install Python deps from uv.lock and buf from package-lock.json
 	@if [[ ! -x node_modules/.bin/buf ]]; then npm ci --no-audit --no-fund --loglevel=error; fi
 
 .PHONY: up
-up: install ## Run all of LiveDesk in the foreground (Ctrl-C stops everything)
-	tools/check_servers.sh
-	mkdir -p .run
-	@echo "LiveDesk: chat http://127.0.0.1:8000  assignment http://127.0.0.1:8001 (gRPC :50051)  analytics http://127.0.0.1:8002"
-	@echo "Each serves /healthz, /readyz, /metrics. Ctrl-C stops everything."
-	LOG_FORMAT=console CHDB_PATH=.run/analytics/chdb $(RUN) honcho start -f Procfile
+up: install ## Run all of LiveDesk on 127.0.0.1:8080 in the foreground (Ctrl-C stops it; DETACH=1: background)
+	tools/up.sh $$(case "$${DETACH:-}" in 1|true|yes) echo --detach;; esac)
+
+.PHONY: down
+down: ## Stop a LiveDesk started with make up DETACH=1
+	tools/down.sh
 
 .PHONY: test
 test: install lint proto-check test-unit test-integration test-deploy test-isolated ## Everything CI checks
@@ -33,7 +33,7 @@ test: install lint proto-check test-unit test-integration test-deploy test-isola
 lint: ## ruff (lint + format check) and mypy --strict
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/platform libs/contracts/tests libs/assignment-client services/*/src services/*/tests tests tools
+	$(RUN) mypy libs/platform libs/contracts/tests libs/assignment-client services/*/src services/*/tests tests tools gateway
 
 .PHONY: fmt
 fmt: ## Format and auto-fix with ruff
@@ -101,6 +101,10 @@ bench-assignment: install ## Assignment: decisions/s of the engine core and end 
 .PHONY: bench-analytics
 bench-analytics: install ## Analytics: ingest rate and report latency
 	services/analytics/bench/run.sh
+
+.PHONY: bench-gateway
+bench-gateway: install ## Gateway: TTFB of authenticated history reads at 1,000 req/s, vs. the pod direct
+	gateway/bench/run.sh
 
 .PHONY: clean
 clean: ## Remove local state (.run) and caches
