@@ -16,6 +16,7 @@ from livedesk.chat.directory import Directory
 from livedesk.chat.fanout import Hub
 from livedesk.chat.service import create_app
 from livedesk.chat.settings import ChatSettings
+from livedesk.chat.shards import ShardMap, open_shards
 from livedesk.chat.sockets import SocketRegistry
 from livedesk.chat.testing import Chat, make_org
 from livedesk.chat.ws import WsContext
@@ -26,21 +27,63 @@ from livedesk.platform.redis import connect_redis
 from livedesk.platform.testing import free_port
 from livedesk.platform.testing.servers import Servers
 
+# Tests that also run with conversations on two shards (each costs ~1 s more).
+SHARDED = frozenset(
+    {
+        "test_visitor_cannot_read_another_visitors_conversation",
+        "test_agent_cannot_see_another_tenants_conversation",
+        "test_agents_see_their_teams_queue_and_only_the_assignee_writes",
+        "test_conversation_and_messages_commit_with_their_events",
+        "test_history_pages_by_seq",
+        "test_lifecycle_resolve_reopen_and_csat",
+        "test_read_marker_only_moves_forward",
+        "test_listing_is_paginated_and_scoped",
+        "test_visitor_and_admin_exchange_messages_live",
+        "test_subscribe_replays_after_seq_then_streams",
+        "test_retried_send_is_not_duplicated",
+        "test_typing_and_read_receipts_reach_the_other_side",
+        "test_consoles_hear_only_what_they_may_see",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``chat`` is one database everywhere, and also two shards for the SHARDED tests."""
+    if "chat" in metafunc.fixturenames:
+        layouts = ["one_db", "two_shards"] if metafunc.function.__name__ in SHARDED else ["one_db"]
+        metafunc.parametrize("chat", layouts, indirect=True)
+
 
 @pytest.fixture
 async def chat(
-    pg_database: str, servers: Servers, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    pg_database: str,
+    servers: Servers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Chat]:
-    """A chat app on a fresh database, with two tenants."""
+    """A chat app on fresh databases, with two tenants.
+
+    ``one_db``: everything on one database (the default configuration).
+    ``two_shards``: conversations on two shards (logical shards 0-511 and
+    512-1023), apart from the directory.
+    """
     monkeypatch.setenv("LIVEDESK_ENV", "test")
     monkeypatch.setenv("WS_MESSAGES_PER_SECOND", "50")
     monkeypatch.setenv("WS_MESSAGE_BURST", "20")
-    settings = ChatSettings(database_url=pg_database, redis_url=servers.redis_url)
     pool = await open_database(pg_database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
+    if request.param == "two_shards":
+        # Two schemas stand in for two databases (CREATE DATABASE costs seconds):
+        # separate pools and tables, nothing shared with the directory.
+        await pool.execute("CREATE SCHEMA shard0; CREATE SCHEMA shard1")
+        db0, db1 = (f"{pg_database}?search_path={name}" for name in ("shard0", "shard1"))
+        shard_map = ShardMap({"db0": db0, "db1": db1}, ((0, 511, "db0"), (512, 1023, "db1")))
+        monkeypatch.setenv("CHAT_SHARDS", shard_map.to_json())
+    settings = ChatSettings(database_url=pg_database, redis_url=servers.redis_url)
+    shards = await open_shards(settings.shard_map(), directory_dsn=pg_database, directory_pool=pool)
     redis = await connect_redis(servers.redis_url)
     hub = Hub(redis)
     await hub.start()
-    directory, store = Directory(pool), ConversationStore(pool)
+    directory, store = Directory(pool), ConversationStore(pool, shards)
     actions = ChatActions(store, directory, hub, settings.max_message_chars)
     issuer, verifier = load_issuer(AuthSettings()), load_verifier(AuthSettings())
     registry = SocketRegistry(
@@ -71,4 +114,5 @@ async def chat(
     await link.client.close()
     await hub.stop()
     await redis.aclose()
+    await shards.close(keep=[pool])
     await pool.close()

@@ -343,7 +343,8 @@ async def test_conversation_and_messages_commit_with_their_events(chat: Chat) ->
     )
     assert sixth["seq"] == 6
 
-    rows = await chat.pool.fetch("SELECT routing_key, body FROM outbox ORDER BY id")
+    shard = chat.store.shards.primary(uuid.UUID(conversation["id"]))
+    rows = await shard.fetch("SELECT routing_key, body FROM outbox ORDER BY id")
     kinds = [r["routing_key"] for r in rows]
     assert kinds == ["conversation.created"] + ["message.created"] * 6
     events = [decode(r["body"]) for r in rows]

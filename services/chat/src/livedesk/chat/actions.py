@@ -46,9 +46,16 @@ class ChatActions:
         principal: Principal,
         conversation_id: uuid.UUID,
         team_ids: Sequence[uuid.UUID] | None = None,
+        *,
+        replica_ok: bool = False,
     ) -> Conversation:
-        """The conversation, if the principal may see it (NotFound otherwise)."""
-        conversation = await self.conversations.get(principal.tenant_id, conversation_id)
+        """The conversation, if the principal may see it (NotFound otherwise).
+
+        ``replica_ok``: for read-only use (may come from a read replica).
+        """
+        conversation = await self.conversations.get(
+            principal.tenant_id, conversation_id, replica_ok=replica_ok
+        )
         if team_ids is None:
             team_ids = await self.team_ids(principal)
         check_view(principal, conversation, team_ids)

@@ -109,7 +109,7 @@ async def get_conversation(request: web.Request) -> web.Response:
     """GET /api/v1/conversations/{conversation_id}."""
     principal = authenticate(request)
     conversation = await request.app[ACTIONS_KEY].visible(
-        principal, path_uuid(request, "conversation_id")
+        principal, path_uuid(request, "conversation_id"), replica_ok=True
     )
     return web.json_response(conversation_json(conversation))
 
@@ -122,7 +122,9 @@ async def list_messages(request: web.Request) -> web.Response:
     """
     principal = authenticate(request)
     actions = request.app[ACTIONS_KEY]
-    conversation = await actions.visible(principal, path_uuid(request, "conversation_id"))
+    conversation = await actions.visible(
+        principal, path_uuid(request, "conversation_id"), replica_ok=True
+    )
     limit = query_int(request, "limit", 50, 1, 500)
     if "after_seq" in request.query and "before_seq" in request.query:
         raise Invalid("give after_seq or before_seq, not both")

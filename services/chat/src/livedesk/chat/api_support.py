@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TypeVar
 
+import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
-from livedesk.chat.errors import ChatError, Invalid
+from livedesk.chat.errors import ChatError, Invalid, from_database
 from livedesk.chat.settings import ChatSettings
 from livedesk.platform.auth import TokenIssuer
 from livedesk.platform.http import error_response
@@ -95,3 +96,8 @@ async def chat_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ChatError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except asyncpg.PostgresError as exc:
+        error = from_database(exc)
+        if error is None:
+            raise
+        return error_response(error.status, error.code, error.message)

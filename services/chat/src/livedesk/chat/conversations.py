@@ -1,25 +1,31 @@
 """The conversation data-access layer: every read and write of conversation data goes here.
 
-Keyed by conversation_id, so that sharding and read replicas can be added
-behind this seam without touching handlers. Every state change commits with
-its event in the outbox (same transaction), so the bus sees exactly what the
-database holds.
+Keyed by conversation_id: each call goes to the database of the
+conversation's logical shard (:mod:`livedesk.chat.shards`), history reads to
+that database's read replica when one is configured and fresh enough. Every
+state change commits with its event in the outbox (same transaction, same
+shard), so the bus sees exactly what the database holds; listings read the
+per-tenant index on the directory database (:mod:`livedesk.chat.index`).
+See docs/sharding.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from livedesk.chat.errors import Conflict, NotFound
+from livedesk.chat.index import ConversationIndex, queue_change
 from livedesk.chat.message_events import message_event_prefix
 from livedesk.chat.models import Conversation, Inbox, Message, SenderKind, record
+from livedesk.chat.shards import ShardMap, Shards
 from livedesk.contracts.events.v1.common_pb2 import ActorKind
 from livedesk.contracts.events.v1.conversation_pb2 import (
     ConversationCreated,
@@ -33,6 +39,9 @@ from livedesk.platform.ids import uuid7, uuid7_str
 from livedesk.platform.postgres import Connection
 
 __all__ = ["PRODUCER", "ConversationStore", "Page"]
+
+_SEEN_MAX = 100_000
+"""Conversations whose freshest known state a pod remembers (for read-your-writes)."""
 
 PRODUCER = "chat"
 
@@ -70,6 +79,13 @@ _APPEND = {
 }
 
 
+_QUEUE_FROM_C = """
+    INSERT INTO conversation_index_queue (conversation_id, version)
+    SELECT id, index_version FROM c
+    ON CONFLICT (conversation_id) DO UPDATE
+    SET version = GREATEST(conversation_index_queue.version, EXCLUDED.version)"""
+
+
 class Page:
     """A page of conversations and the cursor of the next one."""
 
@@ -96,10 +112,52 @@ async def _emit(
 
 
 class ConversationStore:
-    """Conversations, messages, read state and CSAT in PostgreSQL."""
+    """Conversations, messages, read state and CSAT, each on its conversation's shard.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    ``pool`` is the directory database (holding the conversation index);
+    without ``shards`` every logical shard is on it too (one database).
+
+    Reads from replicas are never older than what this pod has written or
+    read from a primary for the conversation (read-your-writes, monotonic
+    reads per pod), nor than the seq the caller says it already has.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        shards: Shards | None = None,
+        index: ConversationIndex | None = None,
+    ) -> None:
         self._pool = pool
+        self.shards = shards or Shards(ShardMap.single("(directory)"), {"main": pool})
+        self.index = index or ConversationIndex(pool)
+        self._seen: OrderedDict[uuid.UUID, tuple[int, int]] = OrderedDict()
+        self.replica_reads = 0
+        self.replica_fallbacks = 0
+
+    # --- routing and freshness ---------------------------------------------
+
+    def _primary(self, conversation_id: uuid.UUID) -> asyncpg.Pool:
+        return self.shards.primary(conversation_id)
+
+    def _note(self, conversation_id: uuid.UUID, seq: int = 0, version: int = 0) -> None:
+        """Remember that (seq, index_version) of the conversation exist (never decreases)."""
+        old_seq, old_version = self._seen.pop(conversation_id, (0, 0))
+        self._seen[conversation_id] = (max(seq, old_seq), max(version, old_version))
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+
+    def _note_row(self, row: Any) -> None:
+        self._note(row["id"], row["last_seq"], row["index_version"])
+
+    def _floor(self, conversation_id: uuid.UUID) -> tuple[int, int]:
+        return self._seen.get(conversation_id, (0, 0))
+
+    async def _changed(self, shard: asyncpg.Pool, row: Any) -> Conversation:
+        """After a committed change: remember it, update the index, the record."""
+        self._note_row(row)
+        await self.index.put(shard, row)
+        return record(Conversation, row)  # type: ignore[no-any-return]
 
     # --- conversations -------------------------------------------------------
 
@@ -112,12 +170,15 @@ class ConversationStore:
         priority: int = 2,
     ) -> Conversation:
         """Open a conversation (queued) and emit ``conversation.created``."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        conversation_id = uuid7()
+        shard = self._primary(conversation_id)
+        async with shard.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """INSERT INTO conversations
-                       (id, tenant_id, inbox_id, visitor_id, priority, subject, team_id)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *""",
-                uuid7(),
+                       (id, tenant_id, inbox_id, visitor_id, priority, subject, team_id,
+                        index_version)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING *""",
+                conversation_id,
                 inbox.tenant_id,
                 inbox.id,
                 visitor_id,
@@ -138,17 +199,34 @@ class ConversationStore:
                     team_id=str(inbox.team_id) if inbox.team_id else "",
                 ),
             )
-        return conversation
+            await queue_change(conn, row)
+        return await self._changed(shard, row)
 
-    async def get(self, tenant_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation:
-        """The conversation; NotFound outside the tenant."""
-        row = await self._pool.fetchrow(
-            "SELECT * FROM conversations WHERE id = $1 AND tenant_id = $2",
-            conversation_id,
-            tenant_id,
-        )
+    async def get(
+        self, tenant_id: uuid.UUID, conversation_id: uuid.UUID, *, replica_ok: bool = False
+    ) -> Conversation:
+        """The conversation; NotFound outside the tenant.
+
+        ``replica_ok``: a read-only caller; served by the replica when it has
+        at least the state this pod has seen, else by the primary.
+        """
+        sql = "SELECT * FROM conversations WHERE id = $1 AND tenant_id = $2"
+        replica = self.shards.replica(conversation_id) if replica_ok else None
+        if replica is not None:
+            row = await replica.fetchrow(sql, conversation_id, tenant_id)
+            floor_seq, floor_version = self._floor(conversation_id)
+            if (
+                row is not None
+                and row["last_seq"] >= floor_seq
+                and row["index_version"] >= floor_version
+            ):
+                self.replica_reads += 1
+                return record(Conversation, row)  # type: ignore[no-any-return]
+            self.replica_fallbacks += 1
+        row = await self._primary(conversation_id).fetchrow(sql, conversation_id, tenant_id)
         if row is None:
             raise NotFound("no such conversation")
+        self._note_row(row)
         return record(Conversation, row)  # type: ignore[no-any-return]
 
     async def page(
@@ -162,7 +240,13 @@ class ConversationStore:
         before: uuid.UUID | None = None,
         limit: int = 50,
     ) -> Page:
-        """Newest first, filtered; ``before`` is the cursor (a conversation id)."""
+        """Newest first, filtered; ``before`` is the cursor (a conversation id).
+
+        The index (directory database) picks the page's ids; the rows come
+        from their shards, one query per database involved, and are checked
+        against the filter again, so a lagging index entry can leave a row
+        out of a page but never show one that does not match.
+        """
         clauses = ["tenant_id = $1"]
         args: list[object] = [tenant_id]
 
@@ -184,24 +268,45 @@ class ConversationStore:
             clauses.append(f"status = {arg(status)}")
         if before is not None:
             clauses.append(f"id < {arg(before)}")
-        rows = await self._pool.fetch(
-            f"SELECT * FROM conversations WHERE {' AND '.join(clauses)} "
-            f"ORDER BY id DESC LIMIT {arg(limit + 1)}",
-            *args,
-        )
-        items = [record(Conversation, r) for r in rows[:limit]]
-        cursor = str(items[-1].id) if len(rows) > limit else None
+        ids = await self.index.ids(clauses, args, limit + 1)
+        page_ids = ids[:limit]
+        found: dict[uuid.UUID, Conversation] = {}
+        for database, group in self.shards.group(page_ids).items():
+            rows = await self.shards.pool(database).fetch(
+                "SELECT * FROM conversations WHERE id = ANY($1::uuid[]) AND tenant_id = $2",
+                group,
+                tenant_id,
+            )
+            for row in rows:
+                found[row["id"]] = record(Conversation, row)
+
+        def matches(c: Conversation) -> bool:
+            if visitor_id is not None and c.visitor_id != visitor_id:
+                return False
+            if agent_id is not None and c.agent_id != agent_id:
+                return False
+            if visible_to_agent is not None:
+                me, teams = visible_to_agent
+                if c.agent_id != me and not (
+                    c.status == "queued" and (c.team_id is None or c.team_id in teams)
+                ):
+                    return False
+            return status is None or c.status == status
+
+        items = [found[i] for i in page_ids if i in found and matches(found[i])]
+        cursor = str(page_ids[-1]) if len(ids) > limit else None
         return Page(items, cursor)
 
     async def resolve(
         self, conversation: Conversation, actor_id: uuid.UUID, actor_role: str
     ) -> Conversation:
         """Mark resolved and emit ``conversation.resolved``; Conflict if already resolved."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        shard = self._primary(conversation.id)
+        async with shard.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 """UPDATE conversations
                    SET status = 'resolved', resolved_at = now(), updated_at = now(),
-                       queue_position = NULL
+                       queue_position = NULL, index_version = index_version + 1
                    WHERE id = $1 AND status <> 'resolved' RETURNING *""",
                 conversation.id,
             )
@@ -217,27 +322,31 @@ class ConversationStore:
                     agent_id=str(conversation.agent_id or ""),
                 ),
             )
-        return resolved
+            await queue_change(conn, row)
+        return await self._changed(shard, row)
 
     async def reopen(
         self, conversation: Conversation, actor_id: uuid.UUID, actor_role: str
     ) -> Conversation:
         """Queue a resolved conversation again and emit ``conversation.reopened``."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            reopened = await self._reopen(conn, conversation.id, actor_id, actor_role)
-            if reopened is None:
+        shard = self._primary(conversation.id)
+        async with shard.acquire() as conn, conn.transaction():
+            row = await self._reopen(conn, conversation.id, actor_id, actor_role)
+            if row is None:
                 raise Conflict("conversation is not resolved")
-        return reopened
+        return await self._changed(shard, row)
 
     async def _reopen(
         self, conn: Connection, conversation_id: uuid.UUID, actor_id: uuid.UUID, actor_role: str
-    ) -> Conversation | None:
+    ) -> Any:
+        """Reopen inside the caller's transaction: the new row, or None if not resolved."""
         previous_agent = await conn.fetchval(
             "SELECT agent_id FROM conversations WHERE id = $1", conversation_id
         )
         row = await conn.fetchrow(
             """UPDATE conversations
-               SET status = 'queued', agent_id = NULL, resolved_at = NULL, updated_at = now()
+               SET status = 'queued', agent_id = NULL, resolved_at = NULL, updated_at = now(),
+                   index_version = index_version + 1
                WHERE id = $1 AND status = 'resolved' RETURNING *""",
             conversation_id,
         )
@@ -253,7 +362,8 @@ class ConversationStore:
                 previous_agent_id=str(previous_agent or ""),
             ),
         )
-        return reopened
+        await queue_change(conn, row)
+        return row
 
     async def apply_assigned(
         self,
@@ -266,19 +376,26 @@ class ConversationStore:
 
         None when the conversation is resolved or a newer routing event was applied.
         """
-        row = await self._pool.fetchrow(
-            """UPDATE conversations
-               SET status = 'assigned', agent_id = $2, team_id = coalesce($3, team_id),
-                   queue_position = NULL, updated_at = now(), routed_at = $4
-               WHERE id = $1 AND status <> 'resolved'
-                 AND (routed_at IS NULL OR routed_at < $4)
-               RETURNING *""",
+        shard = self._primary(conversation_id)
+        row = await shard.fetchrow(
+            """WITH c AS (
+                   UPDATE conversations
+                   SET status = 'assigned', agent_id = $2, team_id = coalesce($3, team_id),
+                       queue_position = NULL, updated_at = now(), routed_at = $4,
+                       index_version = index_version + 1
+                   WHERE id = $1 AND status <> 'resolved'
+                     AND (routed_at IS NULL OR routed_at < $4)
+                   RETURNING *),
+               q AS ("""
+            + _QUEUE_FROM_C
+            + """)
+               SELECT * FROM c""",
             conversation_id,
             agent_id,
             team_id,
             occurred_at,
         )
-        return record(Conversation, row) if row else None
+        return await self._changed(shard, row) if row else None
 
     async def apply_queued(
         self,
@@ -288,19 +405,26 @@ class ConversationStore:
         occurred_at: dt.datetime,
     ) -> Conversation | None:
         """Record a queue placement (``conversation.queued``); None as for apply_assigned."""
-        row = await self._pool.fetchrow(
-            """UPDATE conversations
-               SET status = 'queued', agent_id = NULL, queue_position = $2,
-                   team_id = coalesce($3, team_id), updated_at = now(), routed_at = $4
-               WHERE id = $1 AND status <> 'resolved'
-                 AND (routed_at IS NULL OR routed_at < $4)
-               RETURNING *""",
+        shard = self._primary(conversation_id)
+        row = await shard.fetchrow(
+            """WITH c AS (
+                   UPDATE conversations
+                   SET status = 'queued', agent_id = NULL, queue_position = $2,
+                       team_id = coalesce($3, team_id), updated_at = now(), routed_at = $4,
+                       index_version = index_version + 1
+                   WHERE id = $1 AND status <> 'resolved'
+                     AND (routed_at IS NULL OR routed_at < $4)
+                   RETURNING *),
+               q AS ("""
+            + _QUEUE_FROM_C
+            + """)
+               SELECT * FROM c""",
             conversation_id,
             position,
             team_id,
             occurred_at,
         )
-        return record(Conversation, row) if row else None
+        return await self._changed(shard, row) if row else None
 
     # --- messages ------------------------------------------------------------
 
@@ -339,8 +463,9 @@ class ConversationStore:
             created_at=created_at,
             producer=PRODUCER,
         )
+        db: Connection | asyncpg.Pool = conn or self._primary(conversation_id)
         try:
-            seq = await (conn or self._pool).fetchval(
+            seq = await db.fetchval(
                 _APPEND[guard],
                 conversation_id,
                 tenant_id,
@@ -357,7 +482,7 @@ class ConversationStore:
             if client_msg_id is None:
                 raise
             # A retry of a send that already committed: hand back the original.
-            original = await (conn or self._pool).fetchrow(
+            original = await db.fetchrow(
                 """SELECT * FROM messages
                    WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3""",
                 conversation_id,
@@ -369,6 +494,7 @@ class ConversationStore:
             return record(Message, original), False
         if seq is None:
             return None
+        self._note(conversation_id, seq)
         message = Message(
             conversation_id, seq, message_id, tenant_id, sender_kind, sender_id, body,
             client_msg_id, created_at,
@@ -383,7 +509,8 @@ class ConversationStore:
         client_msg_id: str | None,
     ) -> tuple[Message, bool, Conversation]:
         """A visitor writes into their resolved conversation: reopen it, then append."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        shard = self._primary(conversation.id)
+        async with shard.acquire() as conn, conn.transaction():
             reopened = await self._reopen(conn, conversation.id, visitor_id, "visitor")
             if reopened is None:
                 raise Conflict("conversation changed meanwhile; send again")
@@ -399,32 +526,51 @@ class ConversationStore:
             )
         if appended is None:
             raise Conflict("conversation changed meanwhile; send again")
-        return appended[0], appended[1], reopened
+        return appended[0], appended[1], await self._changed(shard, reopened)
 
     async def messages_after(
-        self, conversation_id: uuid.UUID, after_seq: int, limit: int
+        self, conversation_id: uuid.UUID, after_seq: int, limit: int, *, known_seq: int = 0
     ) -> list[Message]:
-        """Messages with seq > ``after_seq``, oldest first."""
-        rows = await self._pool.fetch(
-            """SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2
-               ORDER BY seq LIMIT $3""",
-            conversation_id,
-            after_seq,
-            limit,
-        )
+        """Messages with seq > ``after_seq``, oldest first.
+
+        From the replica when configured, unless it lacks a message the caller
+        (``after_seq``, ``known_seq``) or this pod already knows to exist: seq
+        is gap-free, so a full page, or one reaching that seq, is exact.
+        """
+        sql = """SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2
+                 ORDER BY seq LIMIT $3"""
+        replica = self.shards.replica(conversation_id)
+        if replica is not None:
+            rows = await replica.fetch(sql, conversation_id, after_seq, limit)
+            floor = max(known_seq, self._floor(conversation_id)[0])
+            reached = rows[-1]["seq"] if rows else after_seq
+            if len(rows) >= limit or reached >= floor:
+                self.replica_reads += 1
+                return [record(Message, r) for r in rows]
+            self.replica_fallbacks += 1
+        rows = await self._primary(conversation_id).fetch(sql, conversation_id, after_seq, limit)
+        if rows:
+            self._note(conversation_id, rows[-1]["seq"])
         return [record(Message, r) for r in rows]
 
     async def messages_before(
         self, conversation_id: uuid.UUID, before_seq: int, limit: int
     ) -> list[Message]:
-        """Messages with seq < ``before_seq``, oldest first (the page just before)."""
-        rows = await self._pool.fetch(
-            """SELECT * FROM (SELECT * FROM messages WHERE conversation_id = $1 AND seq < $2
-                              ORDER BY seq DESC LIMIT $3) page ORDER BY seq""",
-            conversation_id,
-            before_seq,
-            limit,
-        )
+        """Messages with seq < ``before_seq``, oldest first (the page just before).
+
+        From the replica when it holds seq ``before_seq - 1`` (then the page is
+        exact), else from the primary.
+        """
+        sql = """SELECT * FROM (SELECT * FROM messages WHERE conversation_id = $1 AND seq < $2
+                                ORDER BY seq DESC LIMIT $3) page ORDER BY seq"""
+        replica = self.shards.replica(conversation_id)
+        if replica is not None:
+            rows = await replica.fetch(sql, conversation_id, before_seq, limit)
+            if before_seq <= 1 or (rows and rows[-1]["seq"] == before_seq - 1):
+                self.replica_reads += 1
+                return [record(Message, r) for r in rows]
+            self.replica_fallbacks += 1
+        rows = await self._primary(conversation_id).fetch(sql, conversation_id, before_seq, limit)
         return [record(Message, r) for r in rows]
 
     # --- read state and CSAT -------------------------------------------------
@@ -433,7 +579,7 @@ class ConversationStore:
         self, conversation: Conversation, participant_id: uuid.UUID, seq: int
     ) -> int:
         """Advance the participant's last read seq (never backwards); the stored value."""
-        value: int = await self._pool.fetchval(
+        value: int = await self._primary(conversation.id).fetchval(
             """INSERT INTO read_state (conversation_id, participant_id, last_read_seq)
                VALUES ($1, $2, LEAST($3, (SELECT last_seq FROM conversations WHERE id = $1)))
                ON CONFLICT (conversation_id, participant_id) DO UPDATE
@@ -448,7 +594,7 @@ class ConversationStore:
 
     async def read_states(self, conversation_id: uuid.UUID) -> dict[str, int]:
         """Last read seq by participant id."""
-        rows = await self._pool.fetch(
+        rows = await self._primary(conversation_id).fetch(
             "SELECT participant_id, last_read_seq FROM read_state WHERE conversation_id = $1",
             conversation_id,
         )
@@ -458,7 +604,7 @@ class ConversationStore:
         """Record the visitor's rating of a resolved conversation (once)."""
         if conversation.status != "resolved":
             raise Conflict("CSAT is asked after the conversation is resolved")
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._primary(conversation.id).acquire() as conn, conn.transaction():
             try:
                 await conn.execute(
                     """INSERT INTO csat (conversation_id, tenant_id, rating, comment)

@@ -18,6 +18,7 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "Unavailable",
+    "from_database",
 ]
 
 
@@ -72,3 +73,13 @@ class Unavailable(ChatError):
 
     status = 503
     code = "unavailable"
+
+
+def from_database(exc: Exception) -> ChatError | None:
+    """The domain error a database error stands for, if it is one we expect."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError):
+        # The shard fence (shard_move): the conversation is moving between databases.
+        return Unavailable("this conversation is moving to another database; retry shortly")
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -24,7 +25,9 @@ from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.fanout import Hub
 from livedesk.chat.inbound import INBOUND_EVENT_TYPES, RoutingEvents
+from livedesk.chat.index import ConversationIndex, IndexSync
 from livedesk.chat.settings import ChatSettings
+from livedesk.chat.shards import open_shards
 from livedesk.chat.sockets import SocketRegistry
 from livedesk.chat.ws import WS_KEY, WsContext, websocket
 from livedesk.platform.auth import load_issuer, load_verifier
@@ -125,6 +128,14 @@ async def main(shutdown: Shutdown) -> None:
             max_size=settings.db_pool_size,
         )
         stack.push_async_callback(pool.close)
+        shards = await open_shards(
+            settings.shard_map(),
+            directory_dsn=settings.database_url,
+            directory_pool=pool,
+            auto_create=settings.db_auto_create,
+            max_size=settings.db_pool_size,
+        )
+        stack.push_async_callback(shards.close, [pool])
         redis = await connect_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
         hub = Hub(redis)
@@ -142,15 +153,19 @@ async def main(shutdown: Shutdown) -> None:
 
         # Chat keeps accepting messages while RabbitMQ is down: the relay
         # connects on its own and catches up, so the broker is not a start-up
-        # or readiness dependency here.
-        relay = OutboxRelay(
-            settings.database_url, connect_publisher, poll_interval=settings.outbox_poll_interval
-        )
-        relay.start()
-        stack.push_async_callback(relay.stop, settings.shutdown_timeout / 3)
+        # or readiness dependency here. One relay per physical database (each
+        # shard has its own outbox); the advisory lock elects one per database.
+        for dsn in dict.fromkeys([settings.database_url, *shards.dsns()]):
+            relay = OutboxRelay(dsn, connect_publisher, poll_interval=settings.outbox_poll_interval)
+            relay.start()
+            stack.push_async_callback(relay.stop, settings.shutdown_timeout / 3)
 
         directory = Directory(pool)
-        conversations = ConversationStore(pool)
+        index = ConversationIndex(pool)
+        index_sync = IndexSync(shards, index, interval=settings.index_sync_interval)
+        index_sync.start()
+        stack.push_async_callback(index_sync.stop)
+        conversations = ConversationStore(pool, shards, index)
         actions = ChatActions(conversations, directory, hub, settings.max_message_chars)
         await stack.enter_async_context(_routing_consumer(settings, RoutingEvents(actions)))
 
@@ -165,6 +180,9 @@ async def main(shutdown: Shutdown) -> None:
         await stack.enter_async_context(link.reporting(settings.presence_interval))
         health = HealthChecks()
         health.add("postgres", lambda: pool.fetchval("SELECT 1"))
+        for name, shard_pool in shards.distinct().items():
+            if shard_pool is not pool:
+                health.add(f"postgres_{name}", functools.partial(shard_pool.fetchval, "SELECT 1"))
         health.add("redis", redis.ping)
         app = create_app(
             ChatContext(settings, directory, conversations, issuer, link),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from livedesk.chat.shards import ShardMap
 from livedesk.platform.auth import AuthSettings
 from livedesk.platform.settings import AmqpSettings, PostgresSettings, ServiceSettings
 
@@ -34,3 +35,17 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     ws_replay_limit: int = Field(500, ge=10, le=10_000)
     presence_interval: float = Field(5, gt=0, le=300)
     outbox_poll_interval: float = Field(0.05, gt=0, le=10)
+
+    # Sharding and read replicas (docs/sharding.md). Unset: one database, DATABASE_URL.
+    chat_shards: str = ""
+    chat_read_replicas: str = ""
+    index_sync_interval: float = Field(1.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _valid_shard_map(self) -> ChatSettings:
+        self.shard_map()  # ValueError naming CHAT_SHARDS / CHAT_READ_REPLICAS
+        return self
+
+    def shard_map(self) -> ShardMap:
+        """The shard map: CHAT_SHARDS with CHAT_READ_REPLICAS, or all on DATABASE_URL."""
+        return ShardMap.parse(self.chat_shards, self.chat_read_replicas, self.database_url)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
@@ -16,7 +17,7 @@ from livedesk.chat.access import Principal
 from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_auth import origin_allowed
 from livedesk.chat.api_support import validation_message
-from livedesk.chat.errors import ChatError, Invalid
+from livedesk.chat.errors import ChatError, Invalid, from_database
 from livedesk.chat.fanout import console_channels, conversation_channel
 from livedesk.chat.frames import dumps, error_frame, message_json
 from livedesk.chat.protocol import (
@@ -205,6 +206,11 @@ class _Session:
             await self._dispatch(frame)
         except ChatError as exc:
             self.socket.deliver(error_frame(exc.code, exc.message, ref))
+        except asyncpg.PostgresError as exc:
+            error = from_database(exc)
+            if error is None:
+                raise
+            self.socket.deliver(error_frame(error.code, error.message, ref))
 
     async def _dispatch(self, frame: object) -> None:
         match frame:
@@ -260,8 +266,10 @@ class _Session:
         await self._join(conversation_channel(conversation.id))
         self.socket.subscriptions.add(conversation.id)
         limit = self.ctx.settings.ws_replay_limit
+        # The conversation row came from the primary: its last_seq makes a lagging
+        # replica fall back to the primary (read-your-writes across pods).
         messages = await self.actions.conversations.messages_after(
-            conversation.id, frame.after_seq, limit + 1
+            conversation.id, frame.after_seq, limit + 1, known_seq=conversation.last_seq
         )
         more = len(messages) > limit
         messages = messages[:limit]
@@ -295,7 +303,7 @@ class _Session:
             self.principal, frame.conversation_id, self.socket.team_ids
         )
         messages = await self.actions.conversations.messages_after(
-            conversation.id, frame.after_seq, frame.limit + 1
+            conversation.id, frame.after_seq, frame.limit + 1, known_seq=conversation.last_seq
         )
         self.socket.deliver(
             dumps(
