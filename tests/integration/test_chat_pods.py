@@ -205,7 +205,12 @@ async def test_pod_killed_mid_conversation_client_resumes_exactly_once(
             return visitor.bodies(cid) == expected and agent.bodies(cid) == expected
 
         await wait_until(complete, timeout=30, what="both sides complete")
-        assert visitor.connections >= 2  # it really reconnected to the surviving pod
+
+        async def reconnected() -> bool:
+            return visitor.connections >= 2
+
+        # It really reconnected, to the surviving pod.
+        await wait_until(reconnected, timeout=30, what="visitor on the other pod")
         assert acked == list(range(1, 61))  # retried sends never made a second message
         assert visitor.seqs(cid) == agent.seqs(cid) == list(range(1, 61))
         await visitor.close()

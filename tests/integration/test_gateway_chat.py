@@ -216,8 +216,11 @@ async def test_pod_killed_new_requests_go_to_the_other_and_clients_resume_exactl
             return len(acked) >= 10
 
         await wait_until(some_acked, timeout=20, what="10 acked")
-        victim, survivor = site.pods
-        victim.kill()  # SIGKILL: no drain, no goodbye; one of the two sockets was on it
+        # Kill the pod the visitor writes through (its hello named it).
+        victim = next(p for p in site.pods if p.env.get("POD_ID") == visitor.pod)
+        survivor = next(p for p in site.pods if p is not victim)
+        on_victim = [c for c in (visitor, agent) if c.pod == visitor.pod]
+        victim.kill()  # SIGKILL: no drain, no goodbye
         await asyncio.wait_for(talking, 60)
 
         expected = [f"m{i}" for i in range(40)]
@@ -226,9 +229,16 @@ async def test_pod_killed_new_requests_go_to_the_other_and_clients_resume_exactl
             return visitor.bodies(cid) == expected and agent.bodies(cid) == expected
 
         await wait_until(complete, timeout=30, what="both sides complete")
+
+        async def moved() -> bool:  # the dead pod's clients are back, on the other one
+            return all(c.connections == 2 for c in on_victim)
+
+        await wait_until(moved, timeout=30, what="reconnected through the gateway")
         assert acked == list(range(1, 41))  # retried sends never made a second message
         assert visitor.seqs(cid) == agent.seqs(cid) == list(range(1, 41))
-        assert visitor.connections + agent.connections == 3  # exactly one reconnected
+        # Exactly the clients that were on the dead pod reconnected, once each.
+        assert visitor.connections + agent.connections == 2 + len(on_victim)
+        assert visitor.connections == 2
 
         # New REST requests and new sockets all land on the surviving pod.
         survivor_at = f"127.0.0.1:{survivor.http_port}"

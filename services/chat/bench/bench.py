@@ -33,6 +33,7 @@ import aio_pika
 import asyncpg
 
 from livedesk.chat.passwords import hash_password
+from livedesk.chat.shards import SHARD_MIGRATIONS
 from livedesk.platform.auth import AuthSettings, load_issuer
 from livedesk.platform.ids import uuid7
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
@@ -78,7 +79,9 @@ class Setup:
 
 async def seed(database: str, pairs: int, agents: int) -> Setup:
     """A tenant, ``agents`` agents and ``pairs`` assigned conversations, written in bulk."""
-    pool = await open_database(database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
+    pool = await open_database(
+        database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations", SHARD_MIGRATIONS]
+    )
     tenant, inbox = uuid7(), uuid7()
     hashed = await hash_password("bench-password")
     agent_ids = [uuid7() for _ in range(agents)]

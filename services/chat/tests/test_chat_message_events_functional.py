@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from livedesk.chat.message_events import message_event_prefix, with_seq
+from livedesk.chat.shards import SHARD_MIGRATIONS
 from livedesk.platform.bus import decode
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 
@@ -17,9 +18,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("seq", [1, 127, 128, 300, 16_384, 2**31, 2**53])
 async def test_sql_and_protobuf_agree(pg_database: str, seq: int) -> None:
-    pool: asyncpg.Pool = await open_database(
-        pg_database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"]
-    )
+    pool: asyncpg.Pool = await open_database(pg_database, [PLATFORM_MIGRATIONS, SHARD_MIGRATIONS])
     try:
         prefix = message_event_prefix(
             event_id=str(uuid.uuid4()),

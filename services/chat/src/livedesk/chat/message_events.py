@@ -1,7 +1,7 @@
 """``message.created`` events written in the same statement as their message.
 
 The writer encodes the envelope without the seq (a prefix); the database
-appends the seq with ``chat_with_seq`` (migration 0002). These constants are
+appends the seq with ``chat_with_seq`` (shard_migrations/0001). These constants are
 the field numbers that SQL function hard-codes: if the contract ever changes
 them, the service refuses to start rather than emit wrong events.
 """
@@ -26,7 +26,7 @@ if (
     Envelope.DESCRIPTOR.fields_by_name["message_created"].number != ENVELOPE_FIELD
     or MessageCreated.DESCRIPTOR.fields_by_name["seq"].number != SEQ_FIELD
 ):
-    raise RuntimeError("chat_with_seq (migration 0002) no longer matches the event contract")
+    raise RuntimeError("chat_with_seq (shard_migrations/0001) no longer matches the event contract")
 
 
 def message_event_prefix(

@@ -187,7 +187,7 @@ async def main(shutdown: Shutdown) -> None:
         app = create_app(
             ChatContext(settings, directory, conversations, issuer, link),
             actions,
-            WsContext(settings, actions, registry, verifier, redis, link.set_status),
+            WsContext(settings, actions, registry, verifier, redis, link.set_status, pod_id),
             health,
         )
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))

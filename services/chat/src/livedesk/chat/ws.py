@@ -55,6 +55,7 @@ class WsContext:
     verifier: TokenVerifier
     redis: aioredis.Redis
     on_presence: PresenceHook | None = None
+    pod_id: str = ""
 
 
 WS_KEY = web.AppKey("ws", WsContext)
@@ -155,6 +156,7 @@ class _Session:
                     "subject_id": str(self.principal.subject_id),
                     "tenant_id": str(self.principal.tenant_id),
                     "heartbeat": self.ctx.settings.ws_heartbeat,
+                    "pod": self.ctx.pod_id,
                 }
             )
         )

@@ -42,6 +42,7 @@ class ChatClient:
         self.acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.subscribed: set[str] = set()
         self.connections = 0
+        self.pod = ""  # the pod serving the current socket (from its hello frame)
         self.changed = asyncio.Event()
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
@@ -71,6 +72,7 @@ class ChatClient:
         self.connections += 1
         hello = await ws.receive_json(timeout=10)
         assert hello["type"] == "hello", hello
+        self.pod = hello.get("pod", "")
         self._reader = asyncio.create_task(self._read(ws))
         for conversation_id in list(self.subscribed):
             await self._send(

@@ -1,9 +1,7 @@
 -- A conversation shard: conversations, messages, read state and CSAT of the
 -- logical shards mapped to this database (docs/sharding.md). The directory
--- (tenants, users, inboxes, visitors) lives on DATABASE_URL, so there are no
--- foreign keys to it here. On the directory database itself (the default,
--- one-database configuration) these tables exist already and only the
--- additions below apply.
+-- (tenants, users, inboxes, visitors) lives on DATABASE_URL, possibly another
+-- database, so there are no foreign keys to it: chat checks them on write.
 
 CREATE TABLE IF NOT EXISTS conversations (
     id              uuid        PRIMARY KEY,

@@ -22,8 +22,3 @@ CREATE INDEX IF NOT EXISTS conversation_index_agent
     ON conversation_index (tenant_id, agent_id, id DESC) WHERE agent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS conversation_index_visitor
     ON conversation_index (tenant_id, visitor_id, id DESC);
-
--- Before sharding every conversation lived here: index them.
-INSERT INTO conversation_index (id, tenant_id, visitor_id, status, team_id, agent_id)
-SELECT id, tenant_id, visitor_id, status, team_id, agent_id FROM conversations
-ON CONFLICT (id) DO NOTHING;
