@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -43,12 +45,32 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """An open chDB store of its own; closed afterwards (chDB hosts one engine per process)."""
-    opened = await Store.open(clickhouse_url=None, chdb_path=str(tmp_path / "chdb"))
+    """An open store of its own, closed afterwards.
+
+    chDB in a temporary directory by default (chDB hosts one engine per
+    process); with ``CLICKHOUSE_URL`` set, a fresh database on that server,
+    dropped afterwards, so the same tests run against a real ClickHouse server.
+    """
+    server = os.environ.get("CLICKHOUSE_URL")
+    if not server:
+        opened = await Store.open(clickhouse_url=None, chdb_path=str(tmp_path / "chdb"))
+        try:
+            yield opened
+        finally:
+            await opened.close()
+        return
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await Store.open(clickhouse_url=server, chdb_path="")
+    await admin.command(f"CREATE DATABASE {name}")
+    opened = await Store.open(
+        clickhouse_url=urlunsplit(urlsplit(server)._replace(path=f"/{name}")), chdb_path=""
+    )
     try:
         yield opened
     finally:
         await opened.close()
+        await admin.command(f"DROP DATABASE IF EXISTS {name}")
+        await admin.close()
 
 
 @pytest.fixture
