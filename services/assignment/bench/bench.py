@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,85 @@ from livedesk.platform.testing.servers import find_servers
 
 AGENTS = 1000
 CONVERSATIONS = 10_000
+#: What the end-to-end sink binds (see end_to_end); SINK_KEYS=... overrides.
+SINK_KEYS = ("conversation.assigned", "conversation.queued", "agent.*")
 MIGRATIONS = [PLATFORM_MIGRATIONS, "livedesk.assignment.migrations"]
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_SERVERS = {"beam.smp": "rabbitmq", "postgres": "postgres", "redis-server": "redis"}
+
+
+def _servers_cpu() -> dict[str, float]:
+    """CPU seconds of the local servers' processes (with their reaped children)."""
+    out = dict.fromkeys(_SERVERS.values(), 0.0)
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.find("(") + 1 : text.rfind(")")]
+        name = _SERVERS.get(comm)
+        if name is not None:
+            fields = text.rsplit(")", 1)[1].split()
+            out[name] += sum(int(x) for x in fields[11:15]) / hz
+    return out
+
+
+class _Cpu:
+    """CPU used from now on: this process, optionally a service process, and the machine."""
+
+    def __init__(self, service_pid: int | None = None) -> None:
+        self.service_pid = service_pid
+        self.own = time.process_time()
+        self.service = _process_cpu(service_pid) if service_pid else 0.0
+        self.servers = _servers_cpu()
+        self.busy, self.total = _machine_busy()
+
+    def report(self, decisions: int, own_name: str = "generator") -> dict[str, Any]:
+        busy, total = _machine_busy()
+        out: dict[str, Any] = {
+            f"{own_name}_cpu_us_per_decision": round(
+                (time.process_time() - self.own) / decisions * 1e6
+            ),
+            "machine_busy_pct": round((busy - self.busy) / (total - self.total) * 100),
+            "machine_cpu_us_per_decision": round((busy - self.busy) / decisions * 1e6),
+        }
+        if self.service_pid:
+            out["service_cpu_us_per_decision"] = round(
+                (_process_cpu(self.service_pid) - self.service) / decisions * 1e6
+            )
+        # Approximate: PostgreSQL backends that exit during the run count once reaped.
+        for name, seconds in _servers_cpu().items():
+            out[f"{name}_cpu_us_per_decision"] = round(
+                (seconds - self.servers[name]) / decisions * 1e6
+            )
+        return out
+
+
+async def _record_transactions(conn: asyncpg.Connection) -> int:
+    """Transactions that recorded the bindings (group commit: far fewer than decisions)."""
+    n: int = await conn.fetchval("SELECT count(DISTINCT xmin::text) FROM assignments")
+    return n
 
 
 async def _new_db(admin: str) -> str:
@@ -102,6 +181,7 @@ async def core(replicas: int, servers: Any) -> dict[str, Any]:
         await engine.set_status(tenant, f"agent-{i:04d}", 1)
     await close()
     ids = [uuid7_str() for _ in range(CONVERSATIONS)]
+    cpu = _Cpu()
     start = time.perf_counter()
     if replicas == 1:
         await core_worker(dsn, servers.redis_url, prefix, tenant, ids)
@@ -121,6 +201,7 @@ async def core(replicas: int, servers: Any) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     conn = await asyncpg.connect(dsn)
     assigned = await conn.fetchval("SELECT count(*) FROM conversations WHERE state = 'assigned'")
+    transactions = await _record_transactions(conn)
     await conn.close()
     client = aioredis.Redis.from_url(servers.redis_url)
     await delete_prefix(client, prefix)
@@ -132,6 +213,9 @@ async def core(replicas: int, servers: Any) -> dict[str, Any]:
         "assigned": assigned,
         "seconds": round(elapsed, 2),
         "decisions_per_s": round(CONVERSATIONS / elapsed),
+        "record_transactions": transactions,
+        # With 2 replicas the engines are child processes: only the machine numbers count.
+        **cpu.report(CONVERSATIONS, "engine" if replicas == 1 else "parent"),
     }
 
 
@@ -156,6 +240,7 @@ async def raw_bus(servers: Any, n: int = CONVERSATIONS) -> dict[str, Any]:
             done.set()
 
     await cq.consume(on)
+    cpu = _Cpu()
     start = time.perf_counter()
     for i in range(0, n, 200):
         await asyncio.gather(
@@ -171,7 +256,12 @@ async def raw_bus(servers: Any, n: int = CONVERSATIONS) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     await q.delete(if_unused=False, if_empty=False)
     await conn.close()
-    return {"messages": n, "seconds": round(elapsed, 2), "msgs_per_s": round(n / elapsed)}
+    return {
+        "messages": n,
+        "seconds": round(elapsed, 2),
+        "msgs_per_s": round(n / elapsed),
+        **{k.replace("decision", "message"): v for k, v in cpu.report(n).items()},
+    }
 
 
 async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
@@ -189,39 +279,55 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
             "REDIS_URL": servers.redis_url, "REDIS_KEY_PREFIX": prefix, "PORT": str(port),
             "GRPC_PORT": str(grpc_port), "LOG_LEVEL": "WARNING",
             "PRESENCE_GRACE_SECONDS": "3600", "FIRST_REPLY_SLA_SECONDS": "0",
+            **json.loads(os.environ.get("BENCH_SERVICE_ENV", "{}")),
         },
         tmp / "e2e.log",
         port,
     ).start()  # fmt: skip
     try:
         await proc.wait_ready(60)
-        tenant = uuid7_str()
-        engine, close = await _engine(dsn, servers.redis_url, prefix)
-        for i in range(AGENTS):
-            await engine.upsert_agent(agent_row(tenant, f"agent-{i:04d}", capacity=10))
-            await engine.set_status(tenant, f"agent-{i:04d}", 1)
-        await close()
         conn = await connect(servers.amqp_url, "bench")
         ch = await conn.channel()
         ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         sink = await ch.declare_queue(
             f"{qprefix}sink", durable=True, arguments={"x-queue-type": "quorum"}
         )
-        await sink.bind(ex, "#")
+        # The sink takes what it measures, plus the agents' events of the setup so they are
+        # routable as in production (unbound, the relay would retry them during the run).
+        # SINK_KEYS=# restores the old sink, which also consumed every conversation.created
+        # the generator published: twice the deliveries for broker and generator alike.
+        for key in os.environ.get("SINK_KEYS", ",".join(SINK_KEYS)).split(","):
+            await sink.bind(ex, key)
         await ch.set_qos(prefetch_count=512)
         latencies: list[float] = []
         sent_at: dict[str, float] = {}
         done = asyncio.Event()
+        setup_events = 0
 
         async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal setup_events
             await msg.ack()
             if msg.type == "conversation.assigned":
                 env = decode(msg.body)
                 latencies.append(time.perf_counter() - sent_at[env.conversation_id])
                 if len(latencies) == CONVERSATIONS:
                     done.set()
+            elif (msg.type or "").startswith("agent."):
+                setup_events += 1
 
         await sink.consume(on)
+        tenant = uuid7_str()
+        engine, close = await _engine(dsn, servers.redis_url, prefix)
+        for i in range(AGENTS):
+            await engine.upsert_agent(agent_row(tenant, f"agent-{i:04d}", capacity=10))
+            await engine.set_status(tenant, f"agent-{i:04d}", 1)
+        await close()
+        # Start from a quiet service: the setup's 2,000 agent events relayed and received.
+        await wait_until(
+            lambda: _true(setup_events >= 2 * AGENTS), timeout=120, what="setup events"
+        )
+        assert proc.proc is not None
+        cpu = _Cpu(proc.proc.pid)
         publisher = await EventPublisher.create(conn, exchange)
         start = time.perf_counter()
         ids = [uuid7_str() for _ in range(CONVERSATIONS)]
@@ -241,6 +347,9 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
         await asyncio.wait_for(done.wait(), 300)
         elapsed = time.perf_counter() - start
         await publisher.close()
+        db = await asyncpg.connect(dsn)
+        transactions = await _record_transactions(db)
+        await db.close()
         latencies.sort()
         result = {
             "decisions": CONVERSATIONS,
@@ -248,6 +357,8 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
             "decisions_per_s": round(CONVERSATIONS / elapsed),
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
+            "record_transactions": transactions,
+            **cpu.report(CONVERSATIONS),
         }
         # Paced run: a steady rate well under the ceiling, to see latency when agents are free.
         latencies.clear()

@@ -22,7 +22,7 @@
 --   B.."pos"          hash    last announced position per waiting conversation
 --   B.."dirty"        zset    "conv|epoch" changed here and not yet confirmed durable
 --
--- Returns {gen, code, changes, extra, more}: changes = { {conv, position, field, value, ...} },
+-- Returns {gen, code, changes, extra, more}: changes = { {conv, position, CHANGE_FIELDS...} },
 -- more = '1' when a drain stopped at its limit with fits left (call 'drain' again).
 
 local base = string.sub(KEYS[1], 1, -4)
@@ -104,16 +104,20 @@ end
 
 -- The routing choice among available agents: ZRANGE order is least loaded,
 -- then highest priority weight, then longest idle, then agent id.
+-- Pages grow (8, 32, 128, ...): the first available agent usually fits, so the
+-- common case reads a few members, not a hundred.
 local function best_agent(team, skills, excl)
   local start = 0
+  local size = 8
   while true do
-    local page = redis.call('ZRANGE', k('avail'), start, start + 127)
+    local page = redis.call('ZRANGE', k('avail'), start, start + size - 1)
     if #page == 0 then return nil end
     for _, m in ipairs(page) do
       local aid = string.sub(m, MEMBER_PREFIX)
       if agent_ok(aid, team, skills, excl) then return aid end
     end
-    start = start + 128
+    start = start + size
+    if size < 512 then size = size * 4 end
   end
 end
 
@@ -232,20 +236,24 @@ local function requeue(cid, reason, excl)
   enqueue(cid)
 end
 
+-- Fields of a changed conversation in the reply, in this order (store.py CHANGE_FIELDS).
+local CHANGE_FIELDS = {'s', 'ep', 'ag', 'tm', 'sk', 'pr', 'qms', 'cms', 'in', 'rs', 'x', 'pa',
+  'by', 'ams', 'actor'}
+
 local function result(code, extra)
   local out = {}
   for _, cid in ipairs(changed_order) do
     local ck = k('c:' .. cid)
     local pos = 0
-    local f = redis.call('HMGET', ck, 's', 'tm')
+    local f = redis.call('HMGET', ck, unpack(CHANGE_FIELDS))
     if f[1] == 'w' then
-      pos = redis.call('ZRANK', k('tq:' .. f[2]), cid) + 1
+      pos = redis.call('ZRANK', k('tq:' .. f[4]), cid) + 1
       redis.call('HSET', k('pos'), cid, pos)
     end
     local entry = {cid, pos}
-    for _, v in ipairs(redis.call('HGETALL', ck)) do entry[#entry + 1] = v end
+    for i = 1, #CHANGE_FIELDS do entry[i + 2] = f[i] or '' end
     out[#out + 1] = entry
-    redis.call('ZADD', k('dirty'), now, cid .. '|' .. redis.call('HGET', ck, 'ep'))
+    redis.call('ZADD', k('dirty'), now, cid .. '|' .. f[2])
   end
   return {gen or '', code, out, extra or {}, more}
 end
@@ -257,19 +265,23 @@ end
 local RESOLVED_TTL = 86400
 
 if op == 'route' then
-  -- cid team skills priority queued_ms created_ms inbox reason excluded
-  local cid = ARGV[3]
-  if conv_exists(cid) then
-    touch(cid)
-    return result('EXISTS')
+  -- (cid team skills priority queued_ms created_ms inbox reason excluded)...: one or many
+  -- conversations, routed one after the other exactly as separate calls would.
+  for i = 3, #ARGV, 9 do
+    local cid = ARGV[i]
+    if conv_exists(cid) then
+      touch(cid)
+    else
+      redis.call('HSET', k('c:' .. cid), 'ep', 0, 'tm', ARGV[i + 1], 'sk', ARGV[i + 2],
+        'pr', ARGV[i + 3], 'qms', ARGV[i + 4], 'cms', ARGV[i + 5], 'in', ARGV[i + 6],
+        'rs', ARGV[i + 7], 'x', ARGV[i + 8], 'pa', '', 'by', '0', 'ams', '0', 'actor', '',
+        'ag', '', 'cl', '')
+      enqueue(cid)
+      -- Only this conversation's class can have gained a fit: every operation
+      -- that makes an agent available drains all classes before it returns.
+      drain(redis.call('HGET', k('c:' .. cid), 'cl'))
+    end
   end
-  redis.call('HSET', k('c:' .. cid), 'ep', 0, 'tm', ARGV[4], 'sk', ARGV[5], 'pr', ARGV[6],
-    'qms', ARGV[7], 'cms', ARGV[8], 'in', ARGV[9], 'rs', ARGV[10], 'x', ARGV[11], 'pa', '',
-    'by', '0', 'ams', '0', 'actor', '', 'ag', '', 'cl', '')
-  enqueue(cid)
-  -- Only this conversation's class can have gained a fit: every operation
-  -- that makes an agent available drains all classes before it returns.
-  drain(redis.call('HGET', k('c:' .. cid), 'cl'))
   return result('OK')
 
 elseif op == 'drain' then
@@ -451,6 +463,17 @@ elseif op == 'positions' then
         out[#out + 1] = {cid, i, team, f[1], f[2], f[3] or ''}
       end
     end
+  end
+  return {gen, 'OK', {}, out}
+
+elseif op == 'agent_marks' then
+  -- every agent's version and on-shift flag: {aid, v, sh, aid, v, sh, ...}
+  local out = {}
+  for _, aid in ipairs(redis.call('SMEMBERS', k('agents'))) do
+    local f = redis.call('HMGET', k('a:' .. aid), 'v', 'sh')
+    out[#out + 1] = aid
+    out[#out + 1] = f[1] or ''
+    out[#out + 1] = f[2] or ''
   end
   return {gen, 'OK', {}, out}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from livedesk.assignment.coalesce import Coalescer
 from livedesk.assignment.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -87,6 +88,11 @@ class EngineConfig:
     presence_grace_seconds: float = 15.0
     first_reply_sla_seconds: float = 120.0
     rebuild_wait_seconds: float = 30.0
+    #: New conversations of one tenant routed by one script call at most.
+    route_batch_size: int = 200
+    #: Route script calls (with their records) of one tenant in flight at once; arrivals
+    #: meanwhile wait and go together in the next call.
+    route_batches_in_flight: int = 2
 
 
 @dataclass(frozen=True)
@@ -207,9 +213,16 @@ class Engine:
         self.config = config or EngineConfig()
         self._draining: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._agent_cache: dict[tuple[str, str], AgentRow] = {}
+        self._routes: Coalescer[list[str | int], ScriptResult] = Coalescer(
+            self._route_batch,
+            max_batch=self.config.route_batch_size,
+            max_in_flight=self.config.route_batches_in_flight,
+        )
 
     async def close(self) -> None:
-        """Cancel background drains."""
+        """Cancel background drains and batches."""
+        await self._routes.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -387,9 +400,7 @@ class Engine:
     ) -> ScriptResult:
         """Route a new conversation: assigned, or queued (idempotent per conversation)."""
         created_ms = int(created.timestamp() * 1000)
-        return await self.run(
-            tenant_id,
-            "route",
+        args: list[str | int] = [
             conversation_id,
             team_id,
             skills_arg(skills),
@@ -399,7 +410,17 @@ class Engine:
             inbox_id,
             QueueReason.QUEUE_REASON_NO_AGENT_AVAILABLE,
             "",
-        )
+        ]
+        return await self._routes.submit(tenant_id, args)
+
+    async def _route_batch(self, tenant_id: str, batch: Sequence[list[str | int]]) -> ScriptResult:
+        """Route many new conversations of a tenant in one script call, in arrival order.
+
+        The script routes them one after the other exactly as separate calls
+        would (same claims, same queue order), so batching changes nothing but
+        the number of round trips; the result holds the changes of all of them.
+        """
+        return await self.run(tenant_id, "route", *(a for args in batch for a in args))
 
     async def conversation_resolved(self, tenant_id: str, conversation_id: str) -> ScriptResult:
         """Free the agent's capacity; the conversation leaves routing."""
@@ -729,24 +750,61 @@ class Engine:
 
     async def sync_agents(self) -> int:
         """Push agents whose Redis copy is behind, or whose shift started or ended."""
-        rows = await self.pool.fetch("SELECT * FROM agents")
-        if not rows:
-            return 0
-        agents = [AgentRow.of(r) for r in rows]
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for a in agents:
-                _ = pipe.hmget(self.store.key(a.tenant_id, f"a:{a.agent_id}"), "v", "sh")
-            seen = await pipe.execute()
+        agents = await self._all_agents()
+        by_tenant: dict[str, list[AgentRow]] = {}
+        for a in agents:
+            by_tenant.setdefault(a.tenant_id, []).append(a)
         pushed = 0
-        for a, (v, sh) in zip(agents, seen, strict=True):
-            now_on = a.on_shift()
-            if v is None or int(v) < a.version:
-                await self.push_agent(a)
-                pushed += 1
-            elif (sh == b"1") != now_on:
-                await self.run(a.tenant_id, "shift", a.agent_id, int(now_on))
-                pushed += 1
+        for tenant_id, rows in by_tenant.items():
+            try:
+                marks = await self.store.agent_marks(tenant_id)
+            except NoState:
+                await self.rebuild(tenant_id)  # loads every agent at its current version
+                continue
+            for a in rows:
+                now_on = a.on_shift()
+                mark = marks.get(a.agent_id)
+                if mark is None or mark[0] < a.version:
+                    await self.push_agent(a)
+                    pushed += 1
+                elif mark[1] != now_on:
+                    await self.run(a.tenant_id, "shift", a.agent_id, int(now_on))
+                    pushed += 1
         return pushed
+
+    async def _all_agents(self) -> list[AgentRow]:
+        """Every agent's profile, parsed again only when its version moved.
+
+        Every change of a profile or status bumps ``version``, so the once-a-second
+        pass reads three columns per agent instead of parsing every profile (at
+        1,000 agents that was ~15 ms of event loop per second).
+        """
+        heads = await self.pool.fetch("SELECT tenant_id, agent_id, version FROM agents")
+        stale = [
+            (r["tenant_id"], r["agent_id"])
+            for r in heads
+            if (a := self._agent_cache.get((r["tenant_id"], r["agent_id"]))) is None
+            or a.version != r["version"]
+        ]
+        if stale:
+            for r in await self.pool.fetch(
+                """SELECT a.* FROM agents a
+                   JOIN unnest($1::text[], $2::text[]) AS k(t, id)
+                     ON a.tenant_id = k.t AND a.agent_id = k.id""",
+                [t for t, _ in stale],
+                [a for _, a in stale],
+            ):
+                row = AgentRow.of(r)
+                self._agent_cache[(row.tenant_id, row.agent_id)] = row
+        agents: list[AgentRow] = []
+        for r in heads:
+            cached = self._agent_cache.get((r["tenant_id"], r["agent_id"]))
+            if cached is not None:  # None: changed between the two reads; next pass
+                agents.append(cached)
+        if len(self._agent_cache) > len(heads):
+            keep = {(r["tenant_id"], r["agent_id"]) for r in heads}
+            self._agent_cache = {k: v for k, v in self._agent_cache.items() if k in keep}
+        return agents
 
     async def repair(self, tenant_ids: Sequence[str], older_than_s: float = 10.0) -> int:
         """Re-record changes whose durable record was never confirmed (a replica died)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,9 +32,11 @@ from livedesk.contracts.events.v1.conversation_pb2 import (
     ConversationAssigned,
     ConversationQueued,
 )
-from livedesk.platform.bus import Envelope, new_event
+from livedesk.platform.bus import Envelope
 from livedesk.platform.bus.outbox import Outbox
+from livedesk.platform.ids import uuid7_str
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tracing import current_traceparent
 
 __all__ = ["LOCK_CLASS", "PRODUCER", "Recorder", "events_of"]
 
@@ -82,28 +85,47 @@ def _ts(ms: int) -> dt.datetime:
 def events_of(tenant_id: str, change: Change) -> list[Envelope]:
     """The events announcing ``change`` (none for releases and resolutions)."""
     if change.state == "assigned":
-        payload: ConversationAssigned | ConversationQueued = ConversationAssigned(
-            agent_id=change.agent_id,
-            previous_agent_id=change.previous_agent,
-            assigned_by=AssignedBy.ValueType(change.assigned_by or AssignedBy.ASSIGNED_BY_AUTO),
-            team_id=change.team_id,
-            actor_id=change.actor_id,
+        env = _envelope(tenant_id, change.conversation_id, "conversation.assigned")
+        env.conversation_assigned.CopyFrom(
+            ConversationAssigned(
+                agent_id=change.agent_id,
+                previous_agent_id=change.previous_agent,
+                assigned_by=AssignedBy.ValueType(change.assigned_by or AssignedBy.ASSIGNED_BY_AUTO),
+                team_id=change.team_id,
+                actor_id=change.actor_id,
+            )
         )
-    elif change.state == "waiting":
-        payload = ConversationQueued(
-            position=change.position,
-            reason=QueueReason.ValueType(change.reason),
-            team_id=change.team_id,
-            previous_agent_id=change.previous_agent,
-            priority=Priority.ValueType(change.priority),
+        return [env]
+    if change.state == "waiting":
+        env = _envelope(tenant_id, change.conversation_id, "conversation.queued")
+        env.conversation_queued.CopyFrom(
+            ConversationQueued(
+                position=change.position,
+                reason=QueueReason.ValueType(change.reason),
+                team_id=change.team_id,
+                previous_agent_id=change.previous_agent,
+                priority=Priority.ValueType(change.priority),
+            )
         )
-    else:
-        return []
-    return [
-        new_event(
-            payload, tenant_id=tenant_id, producer=PRODUCER, conversation_id=change.conversation_id
-        )
-    ]
+        return [env]
+    return []
+
+
+def _envelope(tenant_id: str, conversation_id: str, event_type: str) -> Envelope:
+    """What ``new_event`` makes, built directly (this runs once per decision), payload unset.
+
+    Not validated here: ``Outbox.add`` validates every envelope it stores.
+    """
+    env = Envelope(
+        event_id=uuid7_str(),
+        type=event_type,
+        tenant_id=tenant_id,
+        conversation_id=conversation_id,
+        producer=PRODUCER,
+        traceparent=current_traceparent(),
+    )
+    env.occurred_at.FromNanoseconds(time.time_ns())
+    return env
 
 
 @dataclass
@@ -135,6 +157,7 @@ class Recorder:
         self._tasks = [
             asyncio.create_task(self._run(), name=f"recorder-{i}") for i in range(concurrency)
         ]
+        self._confirming: set[asyncio.Task[None]] = set()
         self.recorded = 0
 
     async def record(
@@ -160,12 +183,17 @@ class Recorder:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._confirming, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            size = len(batch[0].changes)
+            # Group commit: everything queued meanwhile, up to batch_size changes.
+            while not self._queue.empty() and size < self._batch_size:
+                item = self._queue.get_nowait()
+                batch.append(item)
+                size += len(item.changes)
             try:
                 results = await self._flush_with_retry(batch)
             except Exception as exc:
@@ -177,6 +205,21 @@ class Recorder:
             for item, ok in zip(batch, results, strict=True):
                 if not item.done.done():
                     item.done.set_result(ok)
+            # Off the callers' path, and off this task (it must never block or swallow the
+            # cancellation of close()): a mark left behind only costs a harmless re-record.
+            task = asyncio.create_task(self._confirm(batch, results), name="recorder-confirm")
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, batch: list[_Item], live: list[bool]) -> None:
+        """Forget the repair marks of the changes now durable, one call per tenant."""
+        by_tenant: dict[str, list[Change]] = {}
+        for item, ok in zip(batch, live, strict=True):
+            if ok and item.changes:
+                by_tenant.setdefault(item.tenant_id, []).extend(item.changes)
+        with contextlib.suppress(Exception):  # the repair loop re-checks what is left
+            for tenant, changes in by_tenant.items():
+                await self._store.confirm_durable(tenant, changes)
 
     async def _flush_with_retry(self, batch: list[_Item]) -> list[bool]:
         for attempt in range(3):
@@ -187,8 +230,32 @@ class Recorder:
                     raise
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _plan(
+        batch: list[_Item], live: list[bool]
+    ) -> tuple[dict[tuple[str, str], Change], list[tuple[str, Change]]]:
+        """The newest change per conversation, and every binding, of the live items."""
+        latest: dict[tuple[str, str], Change] = {}
+        history: list[tuple[str, Change]] = []
+        for item, ok in zip(batch, live, strict=True):
+            if not ok:
+                continue
+            for ch in item.changes:
+                key = (item.tenant_id, ch.conversation_id)
+                old = latest.get(key)
+                if old is None or old.epoch < ch.epoch:
+                    latest[key] = ch
+                if ch.state == "assigned":
+                    history.append((item.tenant_id, ch))
+        return latest, history
+
     async def _flush(self, batch: list[_Item]) -> list[bool]:
         tenants = sorted({i.tenant_id for i in batch})
+        # Built before the transaction (assuming every item live, as it nearly always
+        # is), so the connection and the tenants' locks are held for the SQL only.
+        all_live = [True] * len(batch)
+        latest, history = self._plan(batch, all_live)
+        events = {key: events_of(key[0], ch) for key, ch in latest.items()}
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "SELECT count(pg_advisory_xact_lock_shared($1, hashtext(t)))"
@@ -204,17 +271,9 @@ class Recorder:
                 )
             }
             live = [gens.get(i.tenant_id) == i.gen for i in batch]
-            latest: dict[tuple[str, str], Change] = {}
-            history: list[tuple[str, Change]] = []
-            for item, ok in zip(batch, live, strict=True):
-                if not ok:
-                    continue
-                for ch in item.changes:
-                    key = (item.tenant_id, ch.conversation_id)
-                    if key not in latest or latest[key].epoch < ch.epoch:
-                        latest[key] = ch
-                    if ch.state == "assigned":
-                        history.append((item.tenant_id, ch))
+            if not all(live):
+                latest, history = self._plan(batch, live)
+                events = {}
             ordered = sorted(latest.items())
             applied: set[tuple[str, str]] = set()
             if ordered:
@@ -248,15 +307,8 @@ class Recorder:
                 for ch in item.changes:
                     key = (item.tenant_id, ch.conversation_id)
                     if key in applied and latest[key] is ch:
-                        envs.extend(events_of(item.tenant_id, ch))
+                        envs.extend(events[key] if key in events else events_of(key[0], ch))
             if envs:
                 await Outbox.add(conn, envs)
         self.recorded += len(latest)
-        with contextlib.suppress(Exception):  # only the repair marks; the repair loop re-checks
-            by_tenant: dict[str, list[Change]] = {}
-            for item, ok in zip(batch, live, strict=True):
-                if ok:
-                    by_tenant.setdefault(item.tenant_id, []).extend(item.changes)
-            for tenant, changes in by_tenant.items():
-                await self._store.confirm_durable(tenant, changes)
         return live

@@ -67,7 +67,9 @@ async def main(shutdown: Shutdown) -> None:
                 owns_connection=True,
             )
 
-        relay = OutboxRelay(settings.database_url, connect_publisher)
+        relay = OutboxRelay(
+            settings.database_url, connect_publisher, batch_size=settings.outbox_batch_size
+        )
         relay.start()
         stack.push_async_callback(relay.stop, settings.shutdown_timeout / 3)
 
@@ -81,6 +83,8 @@ async def main(shutdown: Shutdown) -> None:
             EngineConfig(
                 presence_grace_seconds=settings.presence_grace_seconds,
                 first_reply_sla_seconds=settings.first_reply_sla_seconds,
+                route_batch_size=settings.route_batch_size,
+                route_batches_in_flight=settings.route_batches_in_flight,
             ),
         )
         stack.push_async_callback(engine.close)

@@ -18,8 +18,9 @@ class AssignmentSettings(ServiceSettings, AmqpSettings, PostgresSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every Redis key; the tenant id follows as a Redis Cluster hash tag.
     redis_key_prefix: str = "livedesk:assignment:"
-    #: Handlers running at once on the event queue (decisions are group-committed).
-    consumer_concurrency: int = Field(64, ge=1, le=1024)
+    #: Handlers running at once on the event queue (and the prefetch at least): their
+    #: decisions share script calls and transactions, so more in flight = fewer round trips.
+    consumer_concurrency: int = Field(256, ge=1, le=1024)
     #: Seconds an online agent may go unnamed by console presence reports before it is away.
     presence_grace_seconds: float = Field(15.0, gt=0, le=3600)
     #: Seconds an assigned agent has for a first reply before the conversation is requeued;
@@ -31,6 +32,13 @@ class AssignmentSettings(ServiceSettings, AmqpSettings, PostgresSettings):
     sweep_interval: float = Field(1.0, gt=0, le=300)
     #: Decisions written to PostgreSQL in one transaction at most.
     record_batch_size: int = Field(500, ge=1, le=10000)
+    #: New conversations of one tenant routed by one script call at most.
+    route_batch_size: int = Field(200, ge=1, le=2000)
+    #: Route script calls of one tenant in flight at once per replica (arrivals meanwhile
+    #: wait and share the next call: fewer, larger round trips under load).
+    route_batches_in_flight: int = Field(2, ge=1, le=64)
+    #: Outbox rows the relay publishes per round (confirms in flight together).
+    outbox_batch_size: int = Field(2000, ge=1, le=10000)
 
     @field_validator("redis_key_prefix")
     @classmethod

@@ -65,28 +65,29 @@ class Change:
     position: int
 
     @classmethod
-    def parse(cls, raw: Sequence[Any]) -> Change:
-        """Decode one ``{conv, position, field, value, ...}`` entry of the script."""
-        cid, pos = _s(raw[0]), int(raw[1])
-        f = {_s(raw[i]): _s(raw[i + 1]) for i in range(2, len(raw) - 1, 2)}
+    def parse(cls, raw: Sequence[bytes | int]) -> Change:
+        """Decode one ``{conv, position, CHANGE_FIELDS...}`` entry of the script."""
+        cid, pos, s, ep, ag, tm, sk, pr, qms, cms, inbox, rs, x, pa, by, ams, actor = [
+            v.decode() if isinstance(v, bytes) else str(v) for v in raw
+        ]
         return cls(
             conversation_id=cid,
-            state=STATE_NAMES[f["s"]],
-            epoch=int(f["ep"]),
-            agent_id=f.get("ag", ""),
-            team_id=f.get("tm", ""),
-            skills=tuple(s for s in f.get("sk", "").split(",") if s),
-            priority=int(f.get("pr", "2")),
-            queued_ms=int(float(f.get("qms", "0"))),
-            created_ms=int(float(f.get("cms", "0"))),
-            inbox_id=f.get("in", ""),
-            reason=int(f.get("rs", "1")),
-            excluded_agent=f.get("x", ""),
-            previous_agent=f.get("pa", ""),
-            assigned_by=int(f.get("by", "0")),
-            assigned_ms=int(float(f.get("ams", "0"))),
-            actor_id=f.get("actor", ""),
-            position=pos,
+            state=STATE_NAMES[s],
+            epoch=int(ep),
+            agent_id=ag,
+            team_id=tm,
+            skills=tuple(v for v in sk.split(",") if v) if sk else (),
+            priority=int(pr or "2"),
+            queued_ms=int(float(qms or "0")),
+            created_ms=int(float(cms or "0")),
+            inbox_id=inbox,
+            reason=int(rs or "1"),
+            excluded_agent=x,
+            previous_agent=pa,
+            assigned_by=int(by or "0"),
+            assigned_ms=int(float(ams or "0")),
+            actor_id=actor,
+            position=int(pos),
         )
 
 
@@ -201,6 +202,17 @@ class RoutingStore:
         if len(raw) == 1:
             raise NoState(tenant_id)
         return int(_s(raw[0])), [[_s(v) for v in row] for row in raw[3]]
+
+    async def agent_marks(self, tenant_id: str) -> dict[str, tuple[int, bool]]:
+        """Every agent Redis has: agent id -> (version, on shift), in one script call."""
+        raw = await self._script(keys=[self.gen_key(tenant_id)], args=["agent_marks", now_ms()])
+        if len(raw) == 1:
+            raise NoState(tenant_id)
+        flat = raw[3]
+        return {
+            _s(flat[i]): (int(_s(flat[i + 1]) or 0), _s(flat[i + 2]) == "1")
+            for i in range(0, len(flat), 3)
+        }
 
     # -- rebuild -------------------------------------------------------------------------
 
