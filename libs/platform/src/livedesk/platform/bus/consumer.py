@@ -88,6 +88,8 @@ class EventConsumer:
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._handler_seconds = BUS_HANDLER_SECONDS.labels(topology.name)
         self._idle_event = asyncio.Event()
         self._idle_event.set()
 
@@ -153,7 +155,7 @@ class EventConsumer:
                 log.error("event_undecodable", queue=queue, error=str(exc))
                 await self._forward(message, self.topology.dead_letter, "undecodable", str(exc))
             # Not message.type: a label must not take values from an untrusted body.
-            BUS_CONSUMED.labels(queue, "undecodable", "dead_letter").inc()
+            self._count("undecodable", "dead_letter")
             return
 
         with trace_context(env.traceparent, event_id=env.event_id, event_type=env.type):
@@ -161,13 +163,13 @@ class EventConsumer:
             try:
                 result = await self._handler(env)
             except Exception as exc:
-                BUS_HANDLER_SECONDS.labels(queue).observe(time.perf_counter() - start)
+                self._handler_seconds.observe(time.perf_counter() - start)
                 await self._failed(message, env, exc)
                 return
-            BUS_HANDLER_SECONDS.labels(queue).observe(time.perf_counter() - start)
+            self._handler_seconds.observe(time.perf_counter() - start)
             await message.ack()
             outcome = DUPLICATE if result == DUPLICATE else "ok"
-            BUS_CONSUMED.labels(queue, env.type, outcome).inc()
+            self._count(env.type, outcome)
             log.debug("event_handled", queue=queue, outcome=outcome)
 
     async def _failed(
@@ -179,11 +181,11 @@ class EventConsumer:
         if attempt < len(self.topology.retry_delays_ms):
             log.warning("event_handler_failed", queue=queue, attempt=attempt, error=error)
             await self._forward(message, self.topology.retry(attempt), None, error, attempt + 1)
-            BUS_CONSUMED.labels(queue, env.type, "retry").inc()
+            self._count(env.type, "retry")
         else:
             log.error("event_dead_lettered", queue=queue, attempts=attempt + 1, error=error)
             await self._forward(message, self.topology.dead_letter, "handler_failed", error)
-            BUS_CONSUMED.labels(queue, env.type, "dead_letter").inc()
+            self._count(env.type, "dead_letter")
 
     async def _forward(
         self,
@@ -215,6 +217,14 @@ class EventConsumer:
         )
         await self._channel.default_exchange.publish(copy, routing_key=queue_name, mandatory=True)
         await message.ack()
+
+    def _count(self, event_type: str, outcome: str) -> None:
+        # Labelled children are cached: labels() costs a lock and a lookup per event.
+        counter = self._counters.get((event_type, outcome))
+        if counter is None:
+            counter = BUS_CONSUMED.labels(self.topology.name, event_type, outcome)
+            self._counters[(event_type, outcome)] = counter
+        counter.inc()
 
     @property
     def idle(self) -> bool:

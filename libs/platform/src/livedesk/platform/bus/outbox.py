@@ -52,15 +52,14 @@ class Outbox:
         """
         for env in envs:
             validate(env)
-        rows = [(e.event_id, e.type, encode(e)) for e in envs]
-        if len(rows) == 1:
-            await conn.execute(
-                "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)", *rows[0]
-            )
-        else:
-            await conn.executemany(
-                "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)", rows
-            )
+        # One statement for the whole batch (executemany would run one INSERT per event).
+        await conn.execute(
+            """INSERT INTO outbox (event_id, routing_key, body)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])""",
+            [e.event_id for e in envs],
+            [e.type for e in envs],
+            [encode(e) for e in envs],
+        )
         if notify:
             await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
