@@ -220,26 +220,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
              str(Path(__file__).with_name("pairs.js"))],
             env=k6_env, stdout=subprocess.DEVNULL, stderr=open(workdir / "k6.log", "w"),
         )  # fmt: skip
-        watched = {
-            "chat pods": [p.proc.pid for p in pods],  # type: ignore[union-attr]
-            "postgres": pids_named("postgres"),  # postmaster, backends, WAL writer ...
-            "redis": pids_named("redis-server"),
-            "rabbitmq": pids_named("beam.smp"),
-            "k6": [k6_proc.pid],
-        }
+
+        def watched() -> dict[str, list[int]]:
+            return {
+                "chat pods": [p.proc.pid for p in pods],  # type: ignore[union-attr]
+                # postmaster, background workers and the pods' backends (which the
+                # pools open as load grows, so they are listed again at the end)
+                "postgres": pids_named("postgres"),
+                "redis": pids_named("redis-server"),
+                "rabbitmq": pids_named("beam.smp"),
+                "k6": [k6_proc.pid],
+            }
+
         # Steady state: from a few seconds after the start to a few before the end.
         await asyncio.sleep(max(0.0, start_at - time.time()) + 3)
-        cpu0 = {k: {p: cpu_seconds(p) for p in v} for k, v in watched.items()}
+        cpu0 = {k: {p: cpu_seconds(p) for p in v} for k, v in watched().items()}
         t0 = time.monotonic()
         async with asyncpg.create_pool(database, min_size=1, max_size=1) as pool:
             seq0 = await pool.fetchval("SELECT count(*) FROM messages")
             await asyncio.sleep(max(1.0, args.seconds - 6))
             during = [rss_kib(p.proc.pid) for p in pods]  # type: ignore[union-attr]
-            # Per process, over the processes alive at both ends of the window
-            # (a PostgreSQL backend may come or go meanwhile).
+            # A process born inside the window counts whole; one that died is lost.
             cpu = {
-                k: sum(max(0.0, cpu_seconds(p) - c0) for p, c0 in v.items() if cpu_seconds(p))
-                for k, v in cpu0.items()
+                k: sum(max(0.0, cpu_seconds(p) - cpu0[k].get(p, 0.0)) for p in v)
+                for k, v in watched().items()
             }
             window = time.monotonic() - t0
             seq1 = await pool.fetchval("SELECT count(*) FROM messages")

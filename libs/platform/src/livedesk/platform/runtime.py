@@ -9,6 +9,7 @@ than the timeout, ends the process at once with a non-zero code.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -21,7 +22,14 @@ from aiohttp import web
 from livedesk.platform.errors import ConfigError, DependencyError
 from livedesk.platform.logging import configure_logging, get_logger
 
-__all__ = ["EXIT_CONFIG", "EXIT_DEPENDENCY", "Shutdown", "run_service", "serve_http"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_DEPENDENCY",
+    "Shutdown",
+    "run_service",
+    "serve_http",
+    "settle_garbage_collector",
+]
 
 EXIT_CONFIG = 2
 EXIT_DEPENDENCY = 3
@@ -103,7 +111,18 @@ def run_service(main: Callable[[Shutdown], Awaitable[None]], service: str) -> in
     is one parseable line; ``main`` reconfigures it from its settings.
     """
     configure_logging(service)
+    # Long-lived services hold many objects (sockets, pools, caches): full
+    # collections of them showed up as 100 ms pauses at p99. Objects made
+    # while starting are frozen out of the collector in ``main`` (see
+    # ``settle_garbage_collector``), and young-generation collections are rarer.
+    gc.set_threshold(50_000, 20, 100)
     return uvloop.run(_supervise(main))
+
+
+def settle_garbage_collector() -> None:
+    """Freeze what exists now (start-up state) so collections never walk it again."""
+    gc.collect()
+    gc.freeze()
 
 
 @asynccontextmanager

@@ -40,7 +40,7 @@ from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.redis import connect_redis
-from livedesk.platform.runtime import Shutdown, serve_http
+from livedesk.platform.runtime import Shutdown, serve_http, settle_garbage_collector
 from livedesk.platform.settings import load_settings
 
 __all__ = ["OPENAPI_TEXT", "create_app", "main"]
@@ -191,6 +191,7 @@ async def main(shutdown: Shutdown) -> None:
             health,
         )
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))
+        settle_garbage_collector()
         log.info("chat_started", port=settings.port, pod_id=pod_id)
         await shutdown.wait()
         health.draining = True
