@@ -30,6 +30,23 @@ CLOSE_SLOW = 4008  # the client did not read its frames fast enough
 class ClientSocket:
     """A connected, authenticated client."""
 
+    # Thousands live per pod: no per-instance __dict__.
+    __slots__ = (
+        "_closer",
+        "_closing",
+        "_queue",
+        "_writer",
+        "bucket",
+        "channels",
+        "id",
+        "principal",
+        "subscriptions",
+        "team_ids",
+        "user_bucket",
+        "violations",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: web.WebSocketResponse,

@@ -131,6 +131,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 class _Session:
     """Frame handling for one socket."""
 
+    __slots__ = ("actions", "ctx", "hub", "principal", "socket")
+
     def __init__(self, ctx: WsContext, socket: ClientSocket) -> None:
         self.ctx = ctx
         self.socket = socket
