@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from aiohttp import web
 
@@ -34,7 +34,8 @@ class ClientSocket:
     __slots__ = (
         "_closer",
         "_closing",
-        "_queue",
+        "_limit",
+        "_pending",
         "_writer",
         "bucket",
         "channels",
@@ -64,8 +65,11 @@ class ClientSocket:
         self.channels: set[str] = set()
         self.subscriptions: set[uuid.UUID] = set()
         self.violations = 0
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=queue_size)
-        self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.id}")
+        # Frames waiting to be written, and the writer task that exists only while
+        # there are some: an idle socket costs no task, no future, no queue.
+        self._pending: deque[str] = deque()
+        self._limit = queue_size
+        self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
 
@@ -73,22 +77,28 @@ class ClientSocket:
         """Queue a frame for this client; disconnect it if it has fallen too far behind."""
         if self._closing:
             return
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self._pending) >= self._limit:
             log.warning("ws_slow_consumer", socket=self.id, subject=str(self.principal.subject_id))
             self.close_soon(CLOSE_SLOW, "too slow: reconnect and resume")
+            return
+        self._pending.append(frame)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def allow(self) -> bool:
         """Spend a rate token for a client frame (per connection and per user)."""
         return self.bucket.take() and self.user_bucket.take()
 
     async def _write(self) -> None:
+        # One writer at a time keeps frames in order; it ends when nothing is left
+        # (deliver() cannot run between the last check and the reset: no await there).
         try:
-            while (frame := await self._queue.get()) is not None:
-                await self.ws.send_str(frame)
+            while self._pending:
+                await self.ws.send_str(self._pending.popleft())
         except (ConnectionError, RuntimeError):
-            pass  # the peer went away; the reader notices and cleans up
+            self._pending.clear()  # the peer went away; the reader notices and cleans up
+        finally:
+            self._writer = None
 
     def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
         """Close with ``code`` without waiting here; ``flush`` first sends what is queued."""
@@ -100,7 +110,9 @@ class ClientSocket:
             )
             return
         self._closing = True
-        self._writer.cancel()
+        self._pending.clear()
+        if self._writer is not None:
+            self._writer.cancel()
         self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -111,18 +123,21 @@ class ClientSocket:
         """Send what is queued (within ``timeout``), then close with ``code``."""
         if not self._closing:
             self._closing = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+            writer = self._writer
+            if writer is not None:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(writer), timeout)
         await self._close(code, reason)
 
     async def stop_writer(self) -> None:
         """End the writer task (the socket is gone)."""
         self._closing = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        self._pending.clear()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
 
 class SocketRegistry:
