@@ -13,11 +13,10 @@ import pytest
 
 from livedesk.chat.directory import Directory
 from livedesk.chat.testing import Org, make_org
-from livedesk.contracts.events.v1.conversation_pb2 import ConversationAssigned
+from livedesk.integration_support.assigner import publish_assignment
 from livedesk.integration_support.chat_client import ChatClient
 from livedesk.platform.auth import AuthSettings, load_issuer
-from livedesk.platform.bus import Envelope, EventPublisher, connect, new_event
-from livedesk.platform.errors import UnroutableError
+from livedesk.platform.bus import Envelope, connect
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.testing import ServiceProcess, TcpProxy, free_port, wait_until
 from livedesk.platform.testing.bus import running_consumer
@@ -80,30 +79,6 @@ async def pods(
             pod.stop_quietly()
 
 
-async def _assign(bus: BusNames, conversation: dict[str, str], agent_id: str) -> None:
-    """Publish the assignment decision as the assignment service would."""
-    connection = await connect(bus.amqp_url, "test-assigner")
-    publisher = await EventPublisher.create(connection, bus.exchange, owns_connection=True)
-    event = new_event(
-        ConversationAssigned(agent_id=agent_id),
-        tenant_id=conversation["tenant_id"],
-        conversation_id=conversation["id"],
-        producer="assignment",
-    )
-
-    async def published() -> bool:
-        try:
-            await publisher.publish(event)
-        except UnroutableError:
-            return False  # the pods' consumer is not bound yet
-        return True
-
-    try:
-        await wait_until(published, timeout=20, interval=0.2, what="chat consuming")
-    finally:
-        await publisher.close()
-
-
 async def _open(session: aiohttp.ClientSession, pods: Pods) -> tuple[str, dict[str, str]]:
     base = pods.urls()[0]
     async with session.post(
@@ -144,7 +119,7 @@ async def test_visitor_and_agent_on_different_pods_exchange_in_order(
         visitor_token, conversation = await _open(session, pods)
         cid = conversation["id"]
         agent_token = _agent_token(pods.org)
-        await _assign(bus_names, conversation, str(pods.org.agent.id))
+        await publish_assignment(bus_names, conversation, str(pods.org.agent.id))
         await wait_until(
             lambda: _assigned(session, pods, cid, agent_token), timeout=20, what="assigned"
         )
@@ -180,7 +155,7 @@ async def test_pod_killed_mid_conversation_client_resumes_exactly_once(
         agent = ChatClient(session, agent_token, lambda: [pod_b.base_url])
         await visitor.connect()
         await visitor.subscribe(cid)
-        await _assign(bus_names, conversation, str(pods.org.agent.id))
+        await publish_assignment(bus_names, conversation, str(pods.org.agent.id))
         await wait_until(
             lambda: _assigned(session, pods, cid, agent_token), timeout=20, what="assigned"
         )

@@ -6,18 +6,15 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from livedesk.chat.directory import Directory
 from livedesk.chat.testing import PASSWORD, Org, make_org
-from livedesk.contracts.events.v1.conversation_pb2 import ConversationAssigned
+from livedesk.integration_support.assigner import publish_assignment
 from livedesk.integration_support.chat_client import ChatClient
 from livedesk.integration_support.gateway import Gateway, StubService, start_gateway
-from livedesk.platform.bus import EventPublisher, connect, new_event
-from livedesk.platform.errors import UnroutableError
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.testing import ServiceProcess, free_port, wait_until
 from livedesk.platform.testing.pytest_plugin import BusNames
@@ -92,30 +89,6 @@ async def site(
         await analytics.stop()
 
 
-async def _assign(bus: BusNames, conversation: dict[str, Any], agent_id: str) -> None:
-    """Publish the assignment decision as the assignment service would."""
-    connection = await connect(bus.amqp_url, "test-assigner")
-    publisher = await EventPublisher.create(connection, bus.exchange, owns_connection=True)
-    event = new_event(
-        ConversationAssigned(agent_id=agent_id),
-        tenant_id=conversation["tenant_id"],
-        conversation_id=conversation["id"],
-        producer="assignment",
-    )
-
-    async def published() -> bool:
-        try:
-            await publisher.publish(event)
-        except UnroutableError:
-            return False  # the pods' consumer is not bound yet
-        return True
-
-    try:
-        await wait_until(published, timeout=20, interval=0.2, what="chat consuming")
-    finally:
-        await publisher.close()
-
-
 async def _start_conversation(
     session: aiohttp.ClientSession, site: Site, bus: BusNames
 ) -> tuple[str, str, str]:
@@ -139,7 +112,7 @@ async def _start_conversation(
     ) as resp:
         assert resp.status == 200, await resp.text()
         agent = (await resp.json())["access_token"]
-    await _assign(bus, conversation, str(site.org.agent.id))
+    await publish_assignment(bus, conversation, str(site.org.agent.id))
 
     async def assigned() -> bool:
         async with session.get(
