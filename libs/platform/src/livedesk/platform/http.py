@@ -64,7 +64,14 @@ def add_ops_routes(app: web.Application, health: HealthChecks) -> None:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind request id and trace to every log line of the request; echo X-Request-ID."""
+    """Bind request id and trace to every log line of the request; echo X-Request-ID.
+
+    Not for WebSocket upgrades: a socket lives for hours and is many operations,
+    so its handler binds a trace per frame instead of holding one (and these
+    context managers' memory) for its whole life.
+    """
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await handler(request)
     given = request.headers.get("X-Request-ID", "")
     request_id = given if _REQUEST_ID.match(given) else uuid7_str()
     with (

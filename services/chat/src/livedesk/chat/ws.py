@@ -37,6 +37,7 @@ from livedesk.chat.sockets import CLOSE_POLICY, ClientSocket, SocketRegistry
 from livedesk.platform.auth import TokenError, TokenVerifier
 from livedesk.platform.http import error_response
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tracing import trace_context
 
 __all__ = ["WS_KEY", "WsContext", "websocket"]
 
@@ -207,7 +208,8 @@ class _Session:
             self.socket.deliver(error_frame(code, validation_message(exc), ref))
             return
         try:
-            await self._dispatch(frame)
+            with trace_context(None):  # one trace per operation: events and logs follow it
+                await self._dispatch(frame)
         except ChatError as exc:
             self.socket.deliver(error_frame(exc.code, exc.message, ref))
         except asyncpg.PostgresError as exc:
