@@ -15,6 +15,7 @@ from livedesk.chat.directory import Directory
 from livedesk.chat.testing import Org, make_org
 from livedesk.integration_support.assigner import publish_assignment
 from livedesk.integration_support.chat_client import ChatClient
+from livedesk.integration_support.chat_pods import seeded_chat
 from livedesk.platform.auth import AuthSettings, load_issuer
 from livedesk.platform.bus import Envelope, connect
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
@@ -55,18 +56,7 @@ async def pods(
     pg_databases: Callable[[], Awaitable[str]],
 ) -> AsyncIterator[Pods]:
     database = await pg_databases()
-    pool = await open_database(database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
-    org = await make_org(Directory(pool), "acme")
-    await pool.close()
-    env = {
-        **bus_names.env(),
-        "DATABASE_URL": database,
-        "REDIS_URL": servers.redis_url,
-        "DB_AUTO_CREATE": "false",
-        "LIVEDESK_ENV": "test",
-        "WS_MESSAGES_PER_SECOND": "200",
-        "WS_MESSAGE_BURST": "200",
-    }
+    org, env = await seeded_chat(database, servers, bus_names)
     running = Pods([_pod("pod-a", tmp_path, env), _pod("pod-b", tmp_path, env)], org, database)
     try:
         for pod in running.pods:

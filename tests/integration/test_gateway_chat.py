@@ -10,12 +10,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from livedesk.chat.directory import Directory
-from livedesk.chat.testing import PASSWORD, Org, make_org
+from livedesk.chat.testing import PASSWORD, Org
 from livedesk.integration_support.assigner import publish_assignment
 from livedesk.integration_support.chat_client import ChatClient
+from livedesk.integration_support.chat_pods import seeded_chat
 from livedesk.integration_support.gateway import Gateway, StubService, start_gateway
-from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.testing import ServiceProcess, free_port, wait_until
 from livedesk.platform.testing.pytest_plugin import BusNames
 from livedesk.platform.testing.servers import Servers
@@ -42,17 +41,9 @@ async def site(
     pg_databases: Callable[[], Awaitable[str]],
 ) -> AsyncIterator[Site]:
     database = await pg_databases()
-    pool = await open_database(database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
-    org = await make_org(Directory(pool), "acme")
-    await pool.close()
+    org, base_env = await seeded_chat(database, servers, bus_names)
     env = {
-        **bus_names.env(),
-        "DATABASE_URL": database,
-        "REDIS_URL": servers.redis_url,
-        "DB_AUTO_CREATE": "false",
-        "LIVEDESK_ENV": "test",
-        "WS_MESSAGES_PER_SECOND": "200",
-        "WS_MESSAGE_BURST": "200",
+        **base_env,
         # No assignment service here: fail fast instead of waiting for it.
         "ASSIGNMENT_GRPC_URL": f"127.0.0.1:{free_port()}",
     }
