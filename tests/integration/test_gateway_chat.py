@@ -192,7 +192,15 @@ async def test_pod_killed_new_requests_go_to_the_other_and_clients_resume_exactl
         async def complete() -> bool:
             return visitor.bodies(cid) == expected and agent.bodies(cid) == expected
 
-        await wait_until(complete, timeout=30, what="both sides complete")
+        try:
+            await wait_until(complete, timeout=30, what="both sides complete")
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"visitor seqs {visitor.seqs(cid)} bodies {visitor.bodies(cid)}; "
+                f"agent seqs {agent.seqs(cid)} bodies {agent.bodies(cid)}; "
+                f"acked {acked}; connections {visitor.connections}/{agent.connections}; "
+                f"reconnect errors {visitor.reconnect_error!r}/{agent.reconnect_error!r}"
+            ) from exc
 
         async def moved() -> bool:  # the dead pod's clients are back, on the other one
             return all(c.connections == 2 for c in on_victim)

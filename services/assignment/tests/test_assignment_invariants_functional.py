@@ -38,7 +38,7 @@ from livedesk.platform.testing.pytest_plugin import BusNames
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.timeout(110),
+    pytest.mark.timeout(300),  # 4 replicas on 2 shared cores: minutes when the machine is busy
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
 ]
 

@@ -87,14 +87,21 @@ async def test_retried_send_is_not_duplicated(chat: Chat) -> None:
     visitor, conversation = await _setup(chat)
     cid = conversation["id"]
     ws = await chat.ws(visitor["access_token"])
+    admin = await chat.ws(chat.token())
+    await admin.send_json({"type": "subscribe", "conversation_id": cid})
+    await _next(admin, "subscribed")
     frame = {"type": "send", "conversation_id": cid, "client_msg_id": "same", "body": "once"}
     await ws.send_json(frame)
     first = await _next(ws, "ack")
+    assert (await _next(admin, "message"))["message"]["seq"] == first["seq"]
     await ws.send_json(frame)
     second = await _next(ws, "ack")
     assert second["seq"] == first["seq"]
     assert second["message_id"] == first["message_id"]
     assert second["duplicate"] is True
+    # Published again (the pod that committed it may have died before its publish).
+    again = (await _next(admin, "message"))["message"]
+    assert (again["seq"], again["id"]) == (first["seq"], first["message_id"])
     resp = await chat.client.get(
         f"/api/v1/conversations/{cid}/messages", headers=chat.auth(visitor["access_token"])
     )

@@ -113,8 +113,11 @@ class ChatActions:
             await self._announce("reopened", reopened)
         else:
             message, created = appended
-        if created:
-            await self.hub.publish(conversation_channel(conversation_id), message_frame(message))
+        # A retried send is published again: the pod that committed the original
+        # may have died before its publish, and then the last message of a quiet
+        # conversation would reach nobody (no later seq reveals the gap). Clients
+        # drop seqs they hold, so a second copy costs nothing.
+        await self.hub.publish(conversation_channel(conversation_id), message_frame(message))
         return message, created
 
     async def resolve(self, principal: Principal, conversation_id: uuid.UUID) -> Conversation:

@@ -46,6 +46,7 @@ class ChatClient:
         self.changed = asyncio.Event()
         self._closing = False
         self._reconnecting: asyncio.Task[None] | None = None
+        self.reconnect_error: BaseException | None = None
 
     # --- connection ---------------------------------------------------------
 
@@ -68,10 +69,18 @@ class ChatClient:
                 last = exc
         else:
             raise ConnectionError(f"no pod would take the socket: {last!r}")
+        try:
+            first = await ws.receive(timeout=10)
+            if first.type != aiohttp.WSMsgType.TEXT:
+                raise ConnectionError(f"socket ended before its hello: {first.type!r}")
+            hello = json.loads(first.data)
+            if hello.get("type") != "hello":
+                raise ConnectionError(f"first frame was not hello: {hello!r}")
+        except BaseException:
+            await ws.close()
+            raise
         self._ws = ws
         self.connections += 1
-        hello = await ws.receive_json(timeout=10)
-        assert hello["type"] == "hello", hello
         self.pod = hello.get("pod", "")
         self._reader = asyncio.create_task(self._read(ws))
         for conversation_id in list(self.subscribed):
@@ -92,15 +101,23 @@ class ChatClient:
                 }
             )
 
-    async def reconnect(self) -> None:
-        """Connect again, retrying until a pod answers."""
-        for _ in range(100):
+    async def reconnect(self, give_up_after: float = 60.0) -> None:
+        """Connect again, retrying until a pod answers or ``give_up_after`` seconds pass.
+
+        Whatever went wrong last is kept in ``reconnect_error``: a client that
+        gave up must say why in the failing test, not vanish in a dead task.
+        """
+        deadline = asyncio.get_running_loop().time() + give_up_after
+        while True:
             try:
                 await self.connect()
+                self.reconnect_error = None
                 return
-            except (ConnectionError, aiohttp.ClientError, OSError, TimeoutError):
+            except Exception as exc:  # any failed attempt is retried, whatever it was
+                self.reconnect_error = exc
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
                 await asyncio.sleep(0.1)
-        raise ConnectionError("could not reconnect")
 
     async def close(self) -> None:
         """Leave for good."""
