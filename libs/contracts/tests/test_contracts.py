@@ -21,6 +21,7 @@ from livedesk.contracts.events.v1 import (
     csat_pb2,
     envelope_pb2,
     message_pb2,
+    visitor_pb2,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ EVENT_TYPES = [
     "agent.status_changed",
     "agent.profile_changed",
     "csat.submitted",
+    "conversation.archived",
+    "conversation.purged",
+    "visitor.erased",
 ]
 
 #: The RPCs of AssignmentService; each takes XRequest and returns XResponse.
@@ -65,6 +69,7 @@ EVENT_FILES: list[FileDescriptor] = [
     message_pb2.DESCRIPTOR,
     agent_pb2.DESCRIPTOR,
     csat_pb2.DESCRIPTOR,
+    visitor_pb2.DESCRIPTOR,
     envelope_pb2.DESCRIPTOR,
 ]
 ALL_FILES: list[FileDescriptor] = [*EVENT_FILES, asg.DESCRIPTOR]

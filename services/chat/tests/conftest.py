@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -10,10 +11,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from livedesk.assignment_client import AssignmentClient
 from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_support import ChatContext
+from livedesk.chat.archive import ArchiveReader
+from livedesk.chat.archive_store import open_object_store
 from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
+from livedesk.chat.erasure import Eraser
 from livedesk.chat.fanout import Hub
+from livedesk.chat.hot_cache import HotCache
 from livedesk.chat.service import create_app
 from livedesk.chat.settings import ChatSettings
 from livedesk.chat.shards import ShardMap, open_shards
@@ -22,6 +27,7 @@ from livedesk.chat.testing import Chat, make_org
 from livedesk.chat.ws import WsContext
 from livedesk.platform.auth import AuthSettings, load_issuer, load_verifier
 from livedesk.platform.health import HealthChecks
+from livedesk.platform.ids import uuid7
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
 from livedesk.platform.redis import connect_redis
 from livedesk.platform.testing import free_port
@@ -43,6 +49,8 @@ SHARDED = frozenset(
         "test_retried_send_is_not_duplicated",
         "test_typing_and_read_receipts_reach_the_other_side",
         "test_consoles_hear_only_what_they_may_see",
+        "test_old_conversations_move_to_the_archive_and_read_back_identically",
+        "test_erasure_removes_the_visitor_from_postgresql_redis_and_the_archive",
     }
 )
 
@@ -60,6 +68,7 @@ async def chat(
     pg_database: str,
     servers: Servers,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> AsyncIterator[Chat]:
     """A chat app on fresh databases, with two tenants.
 
@@ -70,6 +79,7 @@ async def chat(
     monkeypatch.setenv("LIVEDESK_ENV", "test")
     monkeypatch.setenv("WS_MESSAGES_PER_SECOND", "50")
     monkeypatch.setenv("WS_MESSAGE_BURST", "20")
+    monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
     pool = await open_database(pg_database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
     if request.param == "two_shards":
         # Two schemas stand in for two databases (CREATE DATABASE costs seconds):
@@ -83,8 +93,14 @@ async def chat(
     redis = await connect_redis(servers.redis_url)
     hub = Hub(redis)
     await hub.start()
-    directory, store = Directory(pool), ConversationStore(pool, shards)
-    actions = ChatActions(store, directory, hub, settings.max_message_chars)
+    # Every functional test also goes through the hot cache (own key prefix on
+    # the shared Redis, short TTL, never flushed): it must not change any answer.
+    hot = HotCache(redis, ttl=120, prefix=f"test:{uuid7().hex[-16:]}:hot:")
+    directory, store = Directory(pool), ConversationStore(pool, shards, hot=hot)
+    archive = open_object_store(settings.archive_url)
+    actions = ChatActions(
+        store, directory, hub, settings.max_message_chars, archive=ArchiveReader(archive)
+    )
     issuer, verifier = load_issuer(AuthSettings()), load_verifier(AuthSettings())
     registry = SocketRegistry(
         settings.ws_connections_per_user,
@@ -102,6 +118,7 @@ async def chat(
         actions,
         WsContext(settings, actions, registry, verifier, redis, link.set_status),
         health,
+        Eraser(pool, store, archive),
     )
     org, stranger = await make_org(directory, "acme"), await make_org(directory, "globex")
     async with TestClient(TestServer(app)) as client:

@@ -10,14 +10,21 @@ import uuid
 from collections.abc import Sequence
 
 from livedesk.chat.access import Principal, check_post, check_view
+from livedesk.chat.archive import ArchiveReader
+from livedesk.chat.archive_store import ObjectMissing
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
-from livedesk.chat.errors import Conflict, Forbidden, Invalid
+from livedesk.chat.errors import Conflict, Forbidden, Invalid, Unavailable
 from livedesk.chat.fanout import Hub, conversation_channel, staff_channels
 from livedesk.chat.frames import conversation_notice, dumps, message_frame
 from livedesk.chat.models import Conversation, Message, SenderKind
 
 __all__ = ["ChatActions"]
+
+
+def _not_archived(conversation: Conversation) -> None:
+    if conversation.archived_at is not None:
+        raise Conflict("conversation is archived and cannot be reopened; start a new one")
 
 
 class ChatActions:
@@ -29,11 +36,14 @@ class ChatActions:
         directory: Directory,
         hub: Hub,
         max_message_chars: int,
+        *,
+        archive: ArchiveReader | None = None,
     ) -> None:
         self.conversations = conversations
         self.directory = directory
         self.hub = hub
         self.max_message_chars = max_message_chars
+        self.archive = archive
 
     async def team_ids(self, principal: Principal) -> list[uuid.UUID]:
         """The principal's teams (empty for visitors and admins, who do not need them)."""
@@ -60,6 +70,38 @@ class ChatActions:
             team_ids = await self.team_ids(principal)
         check_view(principal, conversation, team_ids)
         return conversation
+
+    async def history_after(
+        self, conversation: Conversation, after_seq: int, limit: int, *, known_seq: int = 0
+    ) -> list[Message]:
+        """Messages after ``after_seq``, oldest first: from the store, or the archive."""
+        if conversation.archived_at is None:
+            return await self.conversations.messages_after(
+                conversation.id, after_seq, limit, known_seq=known_seq
+            )
+        return ArchiveReader.after(await self._archived(conversation), after_seq, limit)
+
+    async def history_before(
+        self, conversation: Conversation, before_seq: int, limit: int
+    ) -> list[Message]:
+        """Messages just before ``before_seq``, oldest first: from the store, or the archive."""
+        if conversation.archived_at is None:
+            return await self.conversations.messages_before(conversation.id, before_seq, limit)
+        return ArchiveReader.before(await self._archived(conversation), before_seq, limit)
+
+    async def _archived(self, conversation: Conversation) -> list[Message]:
+        if self.archive is None:
+            raise Unavailable("this conversation is archived and the archive is not configured")
+        try:
+            return await self.archive.messages(conversation)
+        except ObjectMissing:
+            # An erasure or retention run rewrote its archive object meanwhile:
+            # the row (primary) now names the new one.
+            fresh = await self.conversations.get(conversation.tenant_id, conversation.id)
+            try:
+                return await self.archive.messages(fresh)
+            except ObjectMissing:
+                raise Unavailable("the archive does not answer; retry shortly") from None
 
     async def open(self, principal: Principal, subject: str, priority: int) -> Conversation:
         """A visitor opens a conversation in their inbox."""
@@ -107,6 +149,7 @@ class ChatActions:
             check_post(principal, conversation)
             if conversation.status != "resolved" or principal.role != "visitor":
                 raise Conflict("conversation is resolved")
+            _not_archived(conversation)
             message, created, reopened = await self.conversations.reopen_and_append(
                 conversation, principal.subject_id, body, client_msg_id
             )
@@ -135,6 +178,7 @@ class ChatActions:
         conversation = await self.visible(principal, conversation_id)
         if principal.role == "agent" and conversation.agent_id != principal.subject_id:
             raise Forbidden("only the last agent, an admin or the visitor reopens")
+        _not_archived(conversation)
         reopened = await self.conversations.reopen(
             conversation, principal.subject_id, principal.role
         )

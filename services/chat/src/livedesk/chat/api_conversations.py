@@ -130,12 +130,14 @@ async def list_messages(request: web.Request) -> web.Response:
         raise Invalid("give after_seq or before_seq, not both")
     if "after_seq" in request.query:
         after = query_int(request, "after_seq", 0, 0, 2**53)
-        messages = await actions.conversations.messages_after(conversation.id, after, limit + 1)
+        messages = await actions.history_after(
+            conversation, after, limit + 1, known_seq=conversation.last_seq
+        )
         more = len(messages) > limit
         messages = messages[:limit]
     else:
         before = query_int(request, "before_seq", conversation.last_seq + 1, 1, 2**53)
-        messages = await actions.conversations.messages_before(conversation.id, before, limit + 1)
+        messages = await actions.history_before(conversation, before, limit + 1)
         more = len(messages) > limit
         messages = messages[-limit:]
     return web.json_response(

@@ -2,7 +2,9 @@
 
 Keyed by conversation_id: each call goes to the database of the
 conversation's logical shard (:mod:`livedesk.chat.shards`), history reads to
-that database's read replica when one is configured and fresh enough. Every
+that database's read replica when one is configured and fresh enough, the
+recent messages of active conversations from the hot cache in Redis
+(:mod:`livedesk.chat.hot_cache`) when it provably holds them all. Every
 state change commits with its event in the outbox (same transaction, same
 shard), so the bus sees exactly what the database holds; listings read the
 per-tenant index on the directory database (:mod:`livedesk.chat.index`).
@@ -11,6 +13,7 @@ See docs/sharding.md.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections import OrderedDict
@@ -20,8 +23,10 @@ from typing import Any, Literal
 import asyncpg
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter
 
 from livedesk.chat.errors import Conflict, NotFound
+from livedesk.chat.hot_cache import HotCache
 from livedesk.chat.index import ConversationIndex, queue_change
 from livedesk.chat.message_events import message_event_prefix
 from livedesk.chat.models import Conversation, Inbox, Message, SenderKind, record
@@ -36,9 +41,21 @@ from livedesk.contracts.events.v1.csat_pb2 import CsatSubmitted
 from livedesk.platform.bus import new_event
 from livedesk.platform.bus.outbox import Outbox
 from livedesk.platform.ids import uuid7, uuid7_str
+from livedesk.platform.logging import get_logger
 from livedesk.platform.postgres import Connection
 
-__all__ = ["PRODUCER", "ConversationStore", "Page"]
+__all__ = ["PRODUCER", "REPLICA_READS", "ConversationStore", "Page"]
+
+log = get_logger("livedesk.chat.conversations")
+
+REPLICA_READS = Counter(
+    "livedesk_chat_replica_reads_total",
+    "Reads that could go to a read replica, by outcome (replica: served by it; "
+    "fallback: it lagged, served by the primary; error: it failed, taken out of rotation).",
+    ["outcome"],
+)
+REPLICA_TIMEOUT = 2.0
+"""Seconds a replica query may take before the primary answers instead."""
 
 _SEEN_MAX = 100_000
 """Conversations whose freshest known state a pod remembers (for read-your-writes)."""
@@ -86,6 +103,10 @@ _QUEUE_FROM_C = """
     SET version = GREATEST(conversation_index_queue.version, EXCLUDED.version)"""
 
 
+_NO_REPLICA: Any = object()
+"""What ``_from_replica`` returns when no replica is in rotation (None is a row's absence)."""
+
+
 class Page:
     """A page of conversations and the cursor of the next one."""
 
@@ -127,13 +148,17 @@ class ConversationStore:
         pool: asyncpg.Pool,
         shards: Shards | None = None,
         index: ConversationIndex | None = None,
+        *,
+        hot: HotCache | None = None,
     ) -> None:
         self._pool = pool
         self.shards = shards or Shards(ShardMap.single("(directory)"), {"main": pool})
         self.index = index or ConversationIndex(pool)
+        self.hot = hot
         self._seen: OrderedDict[uuid.UUID, tuple[int, int]] = OrderedDict()
         self.replica_reads = 0
         self.replica_fallbacks = 0
+        self.replica_errors = 0
 
     # --- routing and freshness ---------------------------------------------
 
@@ -152,6 +177,53 @@ class ConversationStore:
 
     def _floor(self, conversation_id: uuid.UUID) -> tuple[int, int]:
         return self._seen.get(conversation_id, (0, 0))
+
+    async def _from_replica(
+        self, conversation_id: uuid.UUID, sql: str, *args: object, one: bool = False
+    ) -> Any:
+        """Rows (or one row) from the replica; ``_NO_REPLICA`` if none is in rotation.
+
+        A failing or stalled replica is taken out of rotation (the primary
+        answers meanwhile): a stopped replica costs one failed query, not an error.
+        """
+        replica = self.shards.replica(conversation_id)
+        if replica is None:
+            return _NO_REPLICA
+        try:
+            async with asyncio.timeout(REPLICA_TIMEOUT):
+                if one:
+                    return await replica.fetchrow(sql, *args)
+                return await replica.fetch(sql, *args)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.shards.replica_failed(conversation_id)
+            self.replica_errors += 1
+            REPLICA_READS.labels("error").inc()
+            log.warning(
+                "replica_out_of_rotation",
+                database=self.shards.database_of(conversation_id),
+                error=repr(exc),
+                retry_after=self.shards.replica_retry_after,
+            )
+            return _NO_REPLICA
+
+    def _served_by_replica(self, served: bool) -> bool:
+        if served:
+            self.replica_reads += 1
+            REPLICA_READS.labels("replica").inc()
+        else:
+            self.replica_fallbacks += 1
+            REPLICA_READS.labels("fallback").inc()
+        return served
+
+    async def _cache(self, message: Message) -> None:
+        if self.hot is not None:
+            await self.hot.add(message)
+
+    async def invalidate_cached(self, conversation_id: uuid.UUID) -> None:
+        """Drop the conversation's hot-cached messages: call after erasing or changing
+        stored messages (raises if Redis did not confirm; retry then)."""
+        if self.hot is not None:
+            await self.hot.invalidate(conversation_id)
 
     async def _changed(self, shard: asyncpg.Pool, row: Any) -> Conversation:
         """After a committed change: remember it, update the index, the record."""
@@ -211,18 +283,18 @@ class ConversationStore:
         at least the state this pod has seen, else by the primary.
         """
         sql = "SELECT * FROM conversations WHERE id = $1 AND tenant_id = $2"
-        replica = self.shards.replica(conversation_id) if replica_ok else None
-        if replica is not None:
-            row = await replica.fetchrow(sql, conversation_id, tenant_id)
-            floor_seq, floor_version = self._floor(conversation_id)
-            if (
-                row is not None
-                and row["last_seq"] >= floor_seq
-                and row["index_version"] >= floor_version
-            ):
-                self.replica_reads += 1
-                return record(Conversation, row)  # type: ignore[no-any-return]
-            self.replica_fallbacks += 1
+        if replica_ok:
+            row = await self._from_replica(
+                conversation_id, sql, conversation_id, tenant_id, one=True
+            )
+            if row is not _NO_REPLICA:
+                floor_seq, floor_version = self._floor(conversation_id)
+                if self._served_by_replica(
+                    row is not None
+                    and row["last_seq"] >= floor_seq
+                    and row["index_version"] >= floor_version
+                ):
+                    return record(Conversation, row)  # type: ignore[no-any-return]
         row = await self._primary(conversation_id).fetchrow(sql, conversation_id, tenant_id)
         if row is None:
             raise NotFound("no such conversation")
@@ -347,7 +419,7 @@ class ConversationStore:
             """UPDATE conversations
                SET status = 'queued', agent_id = NULL, resolved_at = NULL, updated_at = now(),
                    index_version = index_version + 1
-               WHERE id = $1 AND status = 'resolved' RETURNING *""",
+               WHERE id = $1 AND status = 'resolved' AND archived_at IS NULL RETURNING *""",
             conversation_id,
         )
         if row is None:
@@ -499,6 +571,8 @@ class ConversationStore:
             conversation_id, seq, message_id, tenant_id, sender_kind, sender_id, body,
             client_msg_id, created_at,
         )  # fmt: skip
+        if conn is None:  # committed: write through (inside a caller's transaction, it does)
+            await self._cache(message)
         return message, True
 
     async def reopen_and_append(
@@ -526,6 +600,8 @@ class ConversationStore:
             )
         if appended is None:
             raise Conflict("conversation changed meanwhile; send again")
+        if appended[1]:
+            await self._cache(appended[0])
         return appended[0], appended[1], await self._changed(shard, reopened)
 
     async def messages_after(
@@ -533,21 +609,25 @@ class ConversationStore:
     ) -> list[Message]:
         """Messages with seq > ``after_seq``, oldest first.
 
-        From the replica when configured, unless it lacks a message the caller
+        From the hot cache when it holds the whole page, else from the replica
+        when configured, unless either lacks a message the caller
         (``after_seq``, ``known_seq``) or this pod already knows to exist: seq
         is gap-free, so a full page, or one reaching that seq, is exact.
         """
+        floor = max(after_seq, known_seq, self._floor(conversation_id)[0])
+        if self.hot is not None:
+            cached = await self.hot.read(
+                conversation_id, after_seq + 1, after_seq + limit, known=floor
+            )
+            if cached is not None:
+                return cached
         sql = """SELECT * FROM messages WHERE conversation_id = $1 AND seq > $2
                  ORDER BY seq LIMIT $3"""
-        replica = self.shards.replica(conversation_id)
-        if replica is not None:
-            rows = await replica.fetch(sql, conversation_id, after_seq, limit)
-            floor = max(known_seq, self._floor(conversation_id)[0])
+        rows = await self._from_replica(conversation_id, sql, conversation_id, after_seq, limit)
+        if rows is not _NO_REPLICA:
             reached = rows[-1]["seq"] if rows else after_seq
-            if len(rows) >= limit or reached >= floor:
-                self.replica_reads += 1
+            if self._served_by_replica(len(rows) >= limit or reached >= floor):
                 return [record(Message, r) for r in rows]
-            self.replica_fallbacks += 1
         rows = await self._primary(conversation_id).fetch(sql, conversation_id, after_seq, limit)
         if rows:
             self._note(conversation_id, rows[-1]["seq"])
@@ -558,18 +638,25 @@ class ConversationStore:
     ) -> list[Message]:
         """Messages with seq < ``before_seq``, oldest first (the page just before).
 
-        From the replica when it holds seq ``before_seq - 1`` (then the page is
-        exact), else from the primary.
+        From the hot cache when it holds the whole page through seq
+        ``before_seq - 1``, else from the replica when it holds that seq (then
+        the page is exact), else from the primary.
         """
+        if before_seq <= 1:
+            return []
+        if self.hot is not None:
+            cached = await self.hot.read(
+                conversation_id, max(1, before_seq - limit), before_seq - 1, known=before_seq - 1
+            )
+            if cached is not None:
+                return cached
         sql = """SELECT * FROM (SELECT * FROM messages WHERE conversation_id = $1 AND seq < $2
                                 ORDER BY seq DESC LIMIT $3) page ORDER BY seq"""
-        replica = self.shards.replica(conversation_id)
-        if replica is not None:
-            rows = await replica.fetch(sql, conversation_id, before_seq, limit)
-            if before_seq <= 1 or (rows and rows[-1]["seq"] == before_seq - 1):
-                self.replica_reads += 1
-                return [record(Message, r) for r in rows]
-            self.replica_fallbacks += 1
+        rows = await self._from_replica(conversation_id, sql, conversation_id, before_seq, limit)
+        if rows is not _NO_REPLICA and self._served_by_replica(
+            bool(rows) and rows[-1]["seq"] == before_seq - 1
+        ):
+            return [record(Message, r) for r in rows]
         rows = await self._primary(conversation_id).fetch(sql, conversation_id, before_seq, limit)
         return [record(Message, r) for r in rows]
 

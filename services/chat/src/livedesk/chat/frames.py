@@ -58,6 +58,7 @@ def conversation_json(c: Conversation) -> dict[str, Any]:
         "created_at": c.created_at.isoformat(),
         "updated_at": c.updated_at.isoformat(),
         "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None,
+        "archived_at": c.archived_at.isoformat() if c.archived_at else None,
     }
 
 

@@ -91,6 +91,9 @@ class Conversation:
     created_at: dt.datetime
     updated_at: dt.datetime
     resolved_at: dt.datetime | None
+    # Cold data: set once the messages moved to the archive (livedesk.chat.archive).
+    archived_at: dt.datetime | None = None
+    archive_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,16 @@ from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_admin import add_admin_routes
 from livedesk.chat.api_auth import add_auth_routes
 from livedesk.chat.api_conversations import add_conversation_routes
+from livedesk.chat.api_retention import add_retention_routes
 from livedesk.chat.api_support import CHAT_KEY, ChatContext, chat_errors
+from livedesk.chat.archive import ArchiveReader
+from livedesk.chat.archive_store import open_object_store
 from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
+from livedesk.chat.erasure import Eraser
 from livedesk.chat.fanout import Hub
+from livedesk.chat.hot_cache import open_hot_cache
 from livedesk.chat.inbound import INBOUND_EVENT_TYPES, RoutingEvents
 from livedesk.chat.index import ConversationIndex, IndexSync
 from livedesk.chat.settings import ChatSettings
@@ -56,7 +61,11 @@ async def _openapi(_: web.Request) -> web.Response:
 
 
 def create_app(
-    ctx: ChatContext, actions: ChatActions, ws: WsContext, health: HealthChecks
+    ctx: ChatContext,
+    actions: ChatActions,
+    ws: WsContext,
+    health: HealthChecks,
+    eraser: Eraser | None = None,
 ) -> web.Application:
     """The chat HTTP application: REST API, WebSocket endpoint, ops routes."""
     app = web.Application(
@@ -70,6 +79,8 @@ def create_app(
     add_auth_routes(app)
     add_admin_routes(app)
     add_conversation_routes(app, actions)
+    if eraser is not None:
+        add_retention_routes(app, eraser)
     app.router.add_get("/ws", websocket)
     return app
 
@@ -165,8 +176,18 @@ async def main(shutdown: Shutdown) -> None:
         index_sync = IndexSync(shards, index, interval=settings.index_sync_interval)
         index_sync.start()
         stack.push_async_callback(index_sync.stop)
-        conversations = ConversationStore(pool, shards, index)
-        actions = ChatActions(conversations, directory, hub, settings.max_message_chars)
+        hot = open_hot_cache(settings, redis)
+        if hot is not None and hot.redis is not redis:
+            stack.push_async_callback(hot.redis.aclose)
+        conversations = ConversationStore(pool, shards, index, hot=hot)
+        archive = open_object_store(settings.archive_url)
+        actions = ChatActions(
+            conversations,
+            directory,
+            hub,
+            settings.max_message_chars,
+            archive=ArchiveReader(archive),
+        )
         await stack.enter_async_context(_routing_consumer(settings, RoutingEvents(actions)))
 
         assignment_client = AssignmentClient(settings.assignment_grpc_url, timeout=3)
@@ -189,6 +210,7 @@ async def main(shutdown: Shutdown) -> None:
             actions,
             WsContext(settings, actions, registry, verifier, redis, link.set_status, pod_id),
             health,
+            Eraser(pool, conversations, archive),
         )
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))
         settle_garbage_collector()

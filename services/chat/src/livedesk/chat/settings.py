@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from livedesk.chat.archive_store import open_object_store
 from livedesk.chat.shards import ShardMap
 from livedesk.platform.auth import AuthSettings
 from livedesk.platform.settings import AmqpSettings, PostgresSettings, ServiceSettings
@@ -40,6 +41,24 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     chat_shards: str = ""
     chat_read_replicas: str = ""
     index_sync_interval: float = Field(1.0, gt=0, le=300)
+
+    # Hot data: recent messages in Redis (livedesk.chat.hot_cache). 0 messages: off.
+    hot_cache_messages: int = Field(100, ge=0, le=10_000)
+    hot_cache_ttl: int = Field(7 * 86400, ge=60, le=90 * 86400)
+    hot_cache_timeout: float = Field(0.25, gt=0, le=10)
+    hot_cache_redis_url: str = Field("", pattern=r"^$|^(redis|rediss|unix)://")
+
+    # Cold data (livedesk.chat.archive, docs/operations.md "Archive and retention").
+    archive_url: str = ".run/chat/archive"
+    archive_after_days: float = Field(30, ge=0, le=36500)
+    archive_batch_size: int = Field(200, ge=1, le=10_000)
+    archive_interval: float = Field(3600, gt=0, le=7 * 86400)
+
+    @field_validator("archive_url")
+    @classmethod
+    def _valid_archive_url(cls, value: str) -> str:
+        open_object_store(value)  # ValueError naming ARCHIVE_URL
+        return value
 
     @model_validator(mode="after")
     def _valid_shard_map(self) -> ChatSettings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from livedesk.platform.postgres import PLATFORM_MIGRATIONS, migrate, open_databa
 __all__ = [
     "DEFAULT_DATABASE",
     "DEFAULT_LOGICAL_SHARDS",
+    "REPLICA_RETRY_AFTER",
     "SHARD_MIGRATIONS",
     "ShardMap",
     "Shards",
@@ -33,6 +35,8 @@ __all__ = [
 
 DEFAULT_LOGICAL_SHARDS = 1024
 DEFAULT_DATABASE = "main"
+REPLICA_RETRY_AFTER = 5.0
+"""Seconds a failed read replica stays out of rotation before it is tried again."""
 SHARD_MIGRATIONS = "livedesk.chat.shard_migrations"
 """Conversation tables, applied to every shard database (after the platform's outbox)."""
 
@@ -173,10 +177,14 @@ class Shards:
         shard_map: ShardMap,
         primaries: Mapping[str, asyncpg.Pool],
         replicas: Mapping[str, asyncpg.Pool] | None = None,
+        *,
+        replica_retry_after: float = REPLICA_RETRY_AFTER,
     ) -> None:
         self.map = shard_map
         self._primaries = dict(primaries)
         self._replicas = dict(replicas or {})
+        self.replica_retry_after = replica_retry_after
+        self._replica_down_until: dict[str, float] = {}
 
     def database_of(self, conversation_id: uuid.UUID) -> str:
         """The database name of ``conversation_id``."""
@@ -187,8 +195,21 @@ class Shards:
         return self._primaries[self.map.database_of(conversation_id)]
 
     def replica(self, conversation_id: uuid.UUID) -> asyncpg.Pool | None:
-        """The replica pool of ``conversation_id``'s database, if one is configured."""
-        return self._replicas.get(self.map.database_of(conversation_id))
+        """The replica pool of ``conversation_id``'s database: None if there is none,
+        or while it is out of rotation after a failure."""
+        database = self.map.database_of(conversation_id)
+        if time.monotonic() < self._replica_down_until.get(database, 0.0):
+            return None
+        return self._replicas.get(database)
+
+    def replica_failed(self, conversation_id: uuid.UUID) -> None:
+        """Take the replica of ``conversation_id``'s database out of rotation for a while.
+
+        Reads go to the primary meanwhile; the first read after
+        ``replica_retry_after`` seconds tries the replica again.
+        """
+        database = self.map.database_of(conversation_id)
+        self._replica_down_until[database] = time.monotonic() + self.replica_retry_after
 
     def pool(self, database: str) -> asyncpg.Pool:
         """The primary pool of database ``database``."""

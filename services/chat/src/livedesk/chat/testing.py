@@ -15,13 +15,13 @@ from aiohttp.test_utils import TestClient
 
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
-from livedesk.chat.models import Inbox, Tenant, User
+from livedesk.chat.models import Conversation, Inbox, Tenant, User
 from livedesk.chat.passwords import hash_password
 from livedesk.chat.settings import ChatSettings
 from livedesk.chat.sockets import SocketRegistry
 from livedesk.platform.auth import Role, TokenIssuer
 
-__all__ = ["PASSWORD", "Chat", "Org", "make_org"]
+__all__ = ["PASSWORD", "Chat", "Org", "make_org", "visitor_says"]
 
 Client = TestClient[web.Request, web.Application]
 PASSWORD = "correct horse battery"
@@ -144,3 +144,26 @@ async def make_org(directory: Directory, slug: str) -> Org:
         tenant.id, name="Website", allowed_origins=["https://shop.example"], team_id=team.id
     )
     return Org(tenant, admin, agent, other, inbox)
+
+
+async def visitor_says(
+    store: ConversationStore, conversation: Conversation, *bodies: str, retry_safe: bool = True
+) -> list[int]:
+    """The conversation's visitor sends ``bodies`` through the store; their seqs.
+
+    ``retry_safe``: each body doubles as its ``client_msg_id`` (bodies must differ).
+    """
+    seqs = []
+    for body in bodies:
+        appended = await store.append(
+            tenant_id=conversation.tenant_id,
+            conversation_id=conversation.id,
+            sender_kind="visitor",
+            sender_id=conversation.visitor_id,
+            guard="visitor",
+            body=body,
+            client_msg_id=body if retry_safe else None,
+        )
+        assert appended is not None, "the visitor may not write here"
+        seqs.append(appended[0].seq)
+    return seqs

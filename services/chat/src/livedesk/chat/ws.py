@@ -274,8 +274,8 @@ class _Session:
         limit = self.ctx.settings.ws_replay_limit
         # The conversation row came from the primary: its last_seq makes a lagging
         # replica fall back to the primary (read-your-writes across pods).
-        messages = await self.actions.conversations.messages_after(
-            conversation.id, frame.after_seq, limit + 1, known_seq=conversation.last_seq
+        messages = await self.actions.history_after(
+            conversation, frame.after_seq, limit + 1, known_seq=conversation.last_seq
         )
         more = len(messages) > limit
         messages = messages[:limit]
@@ -308,8 +308,8 @@ class _Session:
         conversation = await self.actions.visible(
             self.principal, frame.conversation_id, self.socket.team_ids
         )
-        messages = await self.actions.conversations.messages_after(
-            conversation.id, frame.after_seq, frame.limit + 1, known_seq=conversation.last_seq
+        messages = await self.actions.history_after(
+            conversation, frame.after_seq, frame.limit + 1, known_seq=conversation.last_seq
         )
         self.socket.deliver(
             dumps(

@@ -51,8 +51,13 @@ class ServiceProcess:
         )
         return self
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Poll /readyz until 200; fails early, with the log, if the process exits."""
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Poll /readyz until 200; fails early, with the log, if the process exits.
+
+        The generous default is for a busy 2-core machine, where several pods
+        importing and migrating at once take tens of seconds; a healthy pod
+        is ready in about a second.
+        """
 
         async def ready() -> bool:
             assert self.proc is not None

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from livedesk.contracts.events.v1 import common_pb2 as livedesk_dot_events_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%livedesk/events/v1/conversation.proto\x12\x12livedesk.events.v1\x1a\x1flivedesk/events/v1/common.proto\"\xe4\x01\n\x13\x43onversationCreated\x12\x10\n\x08inbox_id\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.livedesk.events.v1.Channel\x12\x12\n\nvisitor_id\x18\x03 \x01(\t\x12.\n\x08priority\x18\x04 \x01(\x0e\x32\x1c.livedesk.events.v1.Priority\x12\x17\n\x0frequired_skills\x18\x05 \x03(\t\x12\x0f\n\x07team_id\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12\x0e\n\x06locale\x18\x08 \x01(\t\"\xcc\x01\n\x12\x43onversationQueued\x12\x10\n\x08position\x18\x01 \x01(\r\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.livedesk.events.v1.QueueReason\x12\x0f\n\x07team_id\x18\x03 \x01(\t\x12\x19\n\x11previous_agent_id\x18\x04 \x01(\t\x12.\n\x08priority\x18\x05 \x01(\x0e\x32\x1c.livedesk.events.v1.Priority\x12\x17\n\x0fposition_update\x18\x06 \x01(\x08\"\x9b\x01\n\x14\x43onversationAssigned\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x19\n\x11previous_agent_id\x18\x02 \x01(\t\x12\x33\n\x0b\x61ssigned_by\x18\x03 \x01(\x0e\x32\x1e.livedesk.events.v1.AssignedBy\x12\x0f\n\x07team_id\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\"\xae\x01\n\x17\x43onversationTransferred\x12\x15\n\rfrom_agent_id\x18\x01 \x01(\t\x12\x13\n\x0bto_agent_id\x18\x02 \x01(\t\x12\x12\n\nto_team_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\x12\x31\n\nactor_kind\x18\x06 \x01(\x0e\x32\x1d.livedesk.events.v1.ActorKind\"p\n\x14\x43onversationResolved\x12\x13\n\x0bresolved_by\x18\x01 \x01(\t\x12\x31\n\nactor_kind\x18\x02 \x01(\x0e\x32\x1d.livedesk.events.v1.ActorKind\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"y\n\x14\x43onversationReopened\x12\x13\n\x0breopened_by\x18\x01 \x01(\t\x12\x31\n\nactor_kind\x18\x02 \x01(\x0e\x32\x1d.livedesk.events.v1.ActorKind\x12\x19\n\x11previous_agent_id\x18\x03 \x01(\t*^\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANNEL_WEB_WIDGET\x10\x01\x12\x0f\n\x0b\x43HANNEL_API\x10\x02\x12\x11\n\rCHANNEL_EMAIL\x10\x03*q\n\nAssignedBy\x12\x1b\n\x17\x41SSIGNED_BY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41SSIGNED_BY_AUTO\x10\x01\x12\x16\n\x12\x41SSIGNED_BY_MANUAL\x10\x02\x12\x18\n\x14\x41SSIGNED_BY_TRANSFER\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%livedesk/events/v1/conversation.proto\x12\x12livedesk.events.v1\x1a\x1flivedesk/events/v1/common.proto\"\xe4\x01\n\x13\x43onversationCreated\x12\x10\n\x08inbox_id\x18\x01 \x01(\t\x12,\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x1b.livedesk.events.v1.Channel\x12\x12\n\nvisitor_id\x18\x03 \x01(\t\x12.\n\x08priority\x18\x04 \x01(\x0e\x32\x1c.livedesk.events.v1.Priority\x12\x17\n\x0frequired_skills\x18\x05 \x03(\t\x12\x0f\n\x07team_id\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t\x12\x0e\n\x06locale\x18\x08 \x01(\t\"\xcc\x01\n\x12\x43onversationQueued\x12\x10\n\x08position\x18\x01 \x01(\r\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.livedesk.events.v1.QueueReason\x12\x0f\n\x07team_id\x18\x03 \x01(\t\x12\x19\n\x11previous_agent_id\x18\x04 \x01(\t\x12.\n\x08priority\x18\x05 \x01(\x0e\x32\x1c.livedesk.events.v1.Priority\x12\x17\n\x0fposition_update\x18\x06 \x01(\x08\"\x9b\x01\n\x14\x43onversationAssigned\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x19\n\x11previous_agent_id\x18\x02 \x01(\t\x12\x33\n\x0b\x61ssigned_by\x18\x03 \x01(\x0e\x32\x1e.livedesk.events.v1.AssignedBy\x12\x0f\n\x07team_id\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\"\xae\x01\n\x17\x43onversationTransferred\x12\x15\n\rfrom_agent_id\x18\x01 \x01(\t\x12\x13\n\x0bto_agent_id\x18\x02 \x01(\t\x12\x12\n\nto_team_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\x12\x31\n\nactor_kind\x18\x06 \x01(\x0e\x32\x1d.livedesk.events.v1.ActorKind\"p\n\x14\x43onversationResolved\x12\x13\n\x0bresolved_by\x18\x01 \x01(\t\x12\x31\n\nactor_kind\x18\x02 \x01(\x0e\x32\x1d.livedesk.events.v1.ActorKind\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"y\n\x14\x43onversationReopened\x12\x13\n\x0breopened_by\x18\x01 \x01(\t\x12\x31\n\nactor_kind\x18\x02 \x01(\x0e\x32\x1d.livedesk.events.v1.ActorKind\x12\x19\n\x11previous_agent_id\x18\x03 \x01(\t\"T\n\x14\x43onversationArchived\x12\x13\n\x0b\x61rchive_key\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\r\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\"@\n\x12\x43onversationPurged\x12\x12\n\nvisitor_id\x18\x01 \x01(\t\x12\x16\n\x0eretention_days\x18\x02 \x01(\r*^\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43HANNEL_WEB_WIDGET\x10\x01\x12\x0f\n\x0b\x43HANNEL_API\x10\x02\x12\x11\n\rCHANNEL_EMAIL\x10\x03*q\n\nAssignedBy\x12\x1b\n\x17\x41SSIGNED_BY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41SSIGNED_BY_AUTO\x10\x01\x12\x16\n\x12\x41SSIGNED_BY_MANUAL\x10\x02\x12\x18\n\x14\x41SSIGNED_BY_TRANSFER\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'livedesk.contracts.events.v1.conversation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=1104
-  _globals['_CHANNEL']._serialized_end=1198
-  _globals['_ASSIGNEDBY']._serialized_start=1200
-  _globals['_ASSIGNEDBY']._serialized_end=1313
+  _globals['_CHANNEL']._serialized_start=1256
+  _globals['_CHANNEL']._serialized_end=1350
+  _globals['_ASSIGNEDBY']._serialized_start=1352
+  _globals['_ASSIGNEDBY']._serialized_end=1465
   _globals['_CONVERSATIONCREATED']._serialized_start=95
   _globals['_CONVERSATIONCREATED']._serialized_end=323
   _globals['_CONVERSATIONQUEUED']._serialized_start=326
@@ -48,4 +48,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATIONRESOLVED']._serialized_end=979
   _globals['_CONVERSATIONREOPENED']._serialized_start=981
   _globals['_CONVERSATIONREOPENED']._serialized_end=1102
+  _globals['_CONVERSATIONARCHIVED']._serialized_start=1104
+  _globals['_CONVERSATIONARCHIVED']._serialized_end=1188
+  _globals['_CONVERSATIONPURGED']._serialized_start=1190
+  _globals['_CONVERSATIONPURGED']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from livedesk.contracts.events.v1 import agent_pb2 as _agent_pb2
 from livedesk.contracts.events.v1 import conversation_pb2 as _conversation_pb2
 from livedesk.contracts.events.v1 import csat_pb2 as _csat_pb2
 from livedesk.contracts.events.v1 import message_pb2 as _message_pb2
+from livedesk.contracts.events.v1 import visitor_pb2 as _visitor_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -55,6 +56,9 @@ class Envelope(_message.Message):
     AGENT_STATUS_CHANGED_FIELD_NUMBER: _builtins.int
     AGENT_PROFILE_CHANGED_FIELD_NUMBER: _builtins.int
     CSAT_SUBMITTED_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ARCHIVED_FIELD_NUMBER: _builtins.int
+    CONVERSATION_PURGED_FIELD_NUMBER: _builtins.int
+    VISITOR_ERASED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique event id: a UUIDv7 in canonical text form
     (e.g. "0190b4a2-7c1e-7d3a-9f00-2b5c8e4d1a6f"). Idempotency key.
@@ -119,6 +123,18 @@ class Envelope(_message.Message):
     def csat_submitted(self) -> _csat_pb2.CsatSubmitted:
         """Payload of "csat.submitted"."""
 
+    @_builtins.property
+    def conversation_archived(self) -> _conversation_pb2.ConversationArchived:
+        """Payload of "conversation.archived"."""
+
+    @_builtins.property
+    def conversation_purged(self) -> _conversation_pb2.ConversationPurged:
+        """Payload of "conversation.purged"."""
+
+    @_builtins.property
+    def visitor_erased(self) -> _visitor_pb2.VisitorErased:
+        """Payload of "visitor.erased"."""
+
     def __init__(
         self,
         *,
@@ -140,12 +156,15 @@ class Envelope(_message.Message):
         agent_status_changed: _agent_pb2.AgentStatusChanged | None = ...,
         agent_profile_changed: _agent_pb2.AgentProfileChanged | None = ...,
         csat_submitted: _csat_pb2.CsatSubmitted | None = ...,
+        conversation_archived: _conversation_pb2.ConversationArchived | None = ...,
+        conversation_purged: _conversation_pb2.ConversationPurged | None = ...,
+        visitor_erased: _visitor_pb2.VisitorErased | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_profile_changed", b"agent_profile_changed", "agent_status_changed", b"agent_status_changed", "conversation_assigned", b"conversation_assigned", "conversation_created", b"conversation_created", "conversation_queued", b"conversation_queued", "conversation_reopened", b"conversation_reopened", "conversation_resolved", b"conversation_resolved", "conversation_transferred", b"conversation_transferred", "csat_submitted", b"csat_submitted", "message_created", b"message_created", "occurred_at", b"occurred_at", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_profile_changed", b"agent_profile_changed", "agent_status_changed", b"agent_status_changed", "conversation_archived", b"conversation_archived", "conversation_assigned", b"conversation_assigned", "conversation_created", b"conversation_created", "conversation_purged", b"conversation_purged", "conversation_queued", b"conversation_queued", "conversation_reopened", b"conversation_reopened", "conversation_resolved", b"conversation_resolved", "conversation_transferred", b"conversation_transferred", "csat_submitted", b"csat_submitted", "message_created", b"message_created", "occurred_at", b"occurred_at", "payload", b"payload", "visitor_erased", b"visitor_erased"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_profile_changed", b"agent_profile_changed", "agent_status_changed", b"agent_status_changed", "conversation_assigned", b"conversation_assigned", "conversation_created", b"conversation_created", "conversation_id", b"conversation_id", "conversation_queued", b"conversation_queued", "conversation_reopened", b"conversation_reopened", "conversation_resolved", b"conversation_resolved", "conversation_transferred", b"conversation_transferred", "csat_submitted", b"csat_submitted", "event_id", b"event_id", "message_created", b"message_created", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "tenant_id", b"tenant_id", "traceparent", b"traceparent", "tracestate", b"tracestate", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_profile_changed", b"agent_profile_changed", "agent_status_changed", b"agent_status_changed", "conversation_archived", b"conversation_archived", "conversation_assigned", b"conversation_assigned", "conversation_created", b"conversation_created", "conversation_id", b"conversation_id", "conversation_purged", b"conversation_purged", "conversation_queued", b"conversation_queued", "conversation_reopened", b"conversation_reopened", "conversation_resolved", b"conversation_resolved", "conversation_transferred", b"conversation_transferred", "csat_submitted", b"csat_submitted", "event_id", b"event_id", "message_created", b"message_created", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "tenant_id", b"tenant_id", "traceparent", b"traceparent", "tracestate", b"tracestate", "type", b"type", "visitor_erased", b"visitor_erased"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["conversation_created", "conversation_queued", "conversation_assigned", "conversation_transferred", "conversation_resolved", "conversation_reopened", "message_created", "agent_status_changed", "agent_profile_changed", "csat_submitted"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["conversation_created", "conversation_queued", "conversation_assigned", "conversation_transferred", "conversation_resolved", "conversation_reopened", "message_created", "agent_status_changed", "agent_profile_changed", "csat_submitted", "conversation_archived", "conversation_purged", "visitor_erased"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
