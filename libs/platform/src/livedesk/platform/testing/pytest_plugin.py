@@ -20,7 +20,15 @@ from livedesk.platform.bus.connection import connect
 from livedesk.platform.ids import uuid7
 from livedesk.platform.testing.servers import Servers, find_servers
 
-__all__ = ["BusNames", "amqp_connection", "bus_names", "pg_database", "pg_databases", "servers"]
+__all__ = [
+    "BusNames",
+    "amqp_connection",
+    "bus_names",
+    "delete_bus",
+    "pg_database",
+    "pg_databases",
+    "servers",
+]
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +69,11 @@ async def bus_names(servers: Servers) -> AsyncIterator[BusNames]:
     tag = uuid7().hex[-12:]
     names = BusNames(servers.amqp_url, f"test.{tag}.events", f"test.{tag}.")
     yield names
+    await delete_bus(names)
+
+
+async def delete_bus(names: BusNames) -> None:
+    """Delete the exchange and queues (with retry and dead-letter queues) of ``names``."""
     connection = await aio_pika.connect(names.amqp_url)
     try:
         channel = await connection.channel()
