@@ -14,12 +14,15 @@ an invalid one stops the renderer with exit code 2 and a message naming it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +103,7 @@ class GatewaySettings:
     hsts: bool
     njs_module: str
     public_keys: Mapping[str, str]  # kid -> base64 SPKI DER
+    auth_cache_ttl: int  # seconds a verified access token is remembered; 0 = never
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -227,6 +231,7 @@ def load_settings(env: Mapping[str, str]) -> GatewaySettings:
         hsts=_get(env, "GATEWAY_HSTS", "false").lower() in {"1", "true", "yes"},
         njs_module=_njs_module(env),
         public_keys=_public_keys(env),
+        auth_cache_ttl=_int(env, "GATEWAY_AUTH_CACHE_TTL", 60, 0, 3600),
     )
 
 
@@ -288,10 +293,102 @@ def _protected_locations(s: GatewaySettings) -> str:
             "            auth_request_set $auth_subject $sent_http_x_auth_subject;\n"
             "            auth_request_set $auth_tenant $sent_http_x_auth_tenant;\n"
             "            auth_request_set $auth_role $sent_http_x_auth_role;\n"
+            "            auth_request_set $auth_cache $upstream_cache_status;\n"
             f"            proxy_pass http://{upstream};\n"
             "        }\n"
         )
     return "\n".join(out)
+
+
+def worker_dir(s: GatewaySettings) -> Path:
+    """Where nginx's workers write the JWT cache and reach the verifier's unix socket.
+
+    The run dir when they can: a socket path must fit in 108 bytes, and workers started
+    by root run as nobody, who cannot enter a private (0700) run dir such as pytest's
+    tmp_path. Otherwise a directory in the temp dir, named after the run dir so two
+    gateways never share one.
+    """
+    if len(str(s.run_dir)) < 90 and (os.geteuid() != 0 or _open_to_all(s.run_dir)):
+        return s.run_dir
+    digest = hashlib.sha256(str(s.run_dir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"livedesk-gw-{digest}"
+
+
+def _open_to_all(path: Path) -> bool:
+    """Every directory down to ``path`` can be entered by any user."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents) if p.exists())
+
+
+def auth_socket(s: GatewaySettings) -> Path:
+    """The unix socket of the in-process verifier behind the JWT cache."""
+    return worker_dir(s) / "auth.sock"
+
+
+def _keys_id(s: GatewaySettings) -> str:
+    """A fingerprint of the key set: cached verifications made with other keys never match."""
+    keys = json.dumps(dict(s.public_keys), sort_keys=True).encode()
+    return hashlib.sha256(keys).hexdigest()[:16]
+
+
+def _auth_cache(s: GatewaySettings) -> str:
+    """The JWT cache (docs/gateway.md): http-level zone and the verifier's upstream."""
+    if not s.auth_cache_ttl:
+        return ""
+    return (
+        "    # Verified access tokens by the token's SHA-256, for GATEWAY_AUTH_CACHE_TTL at\n"
+        "    # most and never past the token's exp (the verifier sends X-Accel-Expires).\n"
+        f"    proxy_cache_path {worker_dir(s)}/auth_cache levels=1:2 keys_zone=auth_cache:10m\n"
+        "                     max_size=256m inactive=5m use_temp_path=off;\n"
+        "    js_set $auth_token_hash auth.tokenHash;\n"
+        "    upstream auth_verifier {\n"
+        f"        server unix:{auth_socket(s)};\n"
+        "        keepalive 32;\n"
+        "    }\n"
+    )
+
+
+def _auth_location(s: GatewaySettings) -> str:
+    """/_auth/access: njs in-process, or through the cache to the verifier server."""
+    if not s.auth_cache_ttl:
+        return (
+            "        location = /_auth/access {\n"
+            "            internal;\n"
+            "            js_content auth.access;\n"
+            "        }\n"
+        )
+    return (
+        "        location = /_auth/access {\n"
+        "            internal;\n"
+        "            proxy_pass http://auth_verifier;\n"
+        "            proxy_method GET;\n"
+        "            proxy_pass_request_body off;\n"
+        '            proxy_set_header Content-Length "";\n'
+        '            proxy_set_header Connection "";\n'
+        "            proxy_cache auth_cache;\n"
+        f'            proxy_cache_key "{_keys_id(s)}:$auth_token_hash";\n'
+        "            # Only the verifier's X-Accel-Expires decides; a 401 has none: never cached.\n"
+        "            proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;\n"
+        "            proxy_next_upstream off;\n"
+        "        }\n"
+    )
+
+
+def _auth_server(s: GatewaySettings) -> str:
+    if not s.auth_cache_ttl:
+        return ""
+    return (
+        "\n    # The JWT verifier behind the cache: the same njs check, reached only over a\n"
+        "    # unix socket from /_auth/access.\n"
+        "    server {\n"
+        f"        listen unix:{auth_socket(s)};\n"
+        "        access_log off;\n"
+        f"        set $auth_cache_ttl {s.auth_cache_ttl};\n"
+        "        location = /_auth/access {\n"
+        "            js_content auth.access;\n"
+        "        }\n"
+        "        location / {\n            return 404;\n        }\n"
+        "    }\n"
+    )
 
 
 def _static_location(s: GatewaySettings) -> str:
@@ -378,6 +475,9 @@ def render(s: GatewaySettings) -> Path:
         "protected_locations": _protected_locations(s),
         "static_location": _static_location(s),
         "status_server": _status_server(s),
+        "auth_cache": _auth_cache(s),
+        "auth_location": _auth_location(s),
+        "auth_server": _auth_server(s),
     }
     text = TEMPLATE.read_text()
     for name, value in values.items():
@@ -394,9 +494,26 @@ def render(s: GatewaySettings) -> Path:
         f"export default {keys};\n"
     )
     (s.run_dir / "headers.conf").write_text(_headers(s) + "\n")
+    if s.auth_cache_ttl:
+        worker_dir(s).mkdir(mode=0o755, exist_ok=True)
+        # nginx does not remove a socket left by a killed run, and would fail to bind it;
+        # a running nginx's socket (`check` beside `make up`) must stay.
+        if not _nginx_running(s.run_dir):
+            auth_socket(s).unlink(missing_ok=True)
     conf = s.run_dir / "nginx.conf"
     conf.write_text(text)
     return conf
+
+
+def _nginx_running(run_dir: Path) -> bool:
+    """An nginx started with this run dir is alive (its pid file names a live process)."""
+    try:
+        os.kill(int((run_dir / "nginx.pid").read_text().strip()), 0)
+    except PermissionError:
+        return True  # alive, another user's
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def nginx_binary(env: Mapping[str, str]) -> str:

