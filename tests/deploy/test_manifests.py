@@ -16,7 +16,10 @@ No cluster, no network, no Docker. What is checked:
   the newest version ``kubernetes-validate`` ships, in strict mode (unknown
   fields fail); every Deployment has probes, requests and limits, a non-root
   locked-down securityContext and selector labels that its pods carry; every
-  Service, HPA, PDB, NetworkPolicy and reference points at something real.
+  Service, HPA, PDB, NetworkPolicy and reference points at something real;
+  every CronJob runs one at a time, bounded, in the same locked-down pods; a
+  claim that several pods mount is ReadWriteMany; chat's archive CronJob runs
+  ``archive`` with the chat image, env sources, settings and archive volume.
 - services/*/Dockerfile: the build and runtime rules, and ports that agree
   with the manifests.
 """
@@ -56,7 +59,7 @@ SERVICES: dict[str, dict[str, int]] = {
 }
 #: Labels whose value changes over a release's life: never in a selector.
 MUTABLE_LABELS = {"app.kubernetes.io/version", "helm.sh/chart", "app.kubernetes.io/managed-by"}
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 
 
 # --------------------------------------------------------------------------
@@ -91,7 +94,9 @@ def validate_k8s(obj: Obj, where: str) -> None:
 
 
 def pod_template(obj: Obj) -> Obj:
-    template: Obj = obj["spec"]["template"]
+    """The pod template of a workload (a CronJob's is inside its job template)."""
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    template: Obj = spec["template"]
     return template
 
 
@@ -194,12 +199,51 @@ def deployment_problems(obj: Obj) -> list[str]:
     if "/tmp" not in mounts:
         problems.append(f"{who}: no writable /tmp next to the read-only root filesystem")
     # Embedded chDB (a PVC-backed CHDB_PATH) means exactly one pod, never two at once.
-    uses_pvc = any("persistentVolumeClaim" in v for v in pod_spec.get("volumes", []))
-    if uses_pvc:
+    claims = {v["name"] for v in pod_spec.get("volumes", []) if "persistentVolumeClaim" in v}
+    chdb_on_claim = any(
+        mount["name"] in claims
+        and mount["mountPath"]
+        in [e.get("value") for e in c.get("env", []) if e["name"] == "CHDB_PATH"]
+        for c in pod_spec["containers"]
+        for mount in c.get("volumeMounts", [])
+    )
+    if chdb_on_claim:
         if spec.get("replicas") != 1:
             problems.append(f"{who}: mounts a PersistentVolumeClaim but replicas is not 1")
         if spec.get("strategy", {}).get("type") != "Recreate":
             problems.append(f"{who}: mounts a PersistentVolumeClaim but strategy is not Recreate")
+    return problems
+
+
+def cronjob_problems(obj: Obj) -> list[str]:
+    """A LiveDesk CronJob: one run at a time, bounded, and the same locked-down pods."""
+    who = describe(obj)
+    problems: list[str] = []
+    spec = obj["spec"]
+    job = spec["jobTemplate"]["spec"]
+    if spec.get("concurrencyPolicy") != "Forbid":
+        problems.append(f"{who}: concurrencyPolicy is not Forbid (slow runs would pile up)")
+    if not job.get("activeDeadlineSeconds"):
+        problems.append(f"{who}: no activeDeadlineSeconds (a stuck run would block every next one)")
+    if "backoffLimit" not in job:
+        problems.append(f"{who}: no explicit backoffLimit")
+    template = pod_template(obj)
+    for key in (
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/part-of",
+    ):
+        if key not in template["metadata"].get("labels", {}) or key not in obj["metadata"].get(
+            "labels", {}
+        ):
+            problems.append(f"{who}: label {key} missing on the CronJob or its pods")
+    pod_spec = template["spec"]
+    if pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
+        problems.append(f"{who}: restartPolicy is not Never or OnFailure")
+    problems += container_problems(pod_spec, who, probes=False)
+    mounts = {m["mountPath"] for c in pod_spec["containers"] for m in c.get("volumeMounts", [])}
+    if "/tmp" not in mounts:
+        problems.append(f"{who}: no writable /tmp next to the read-only root filesystem")
     return problems
 
 
@@ -230,6 +274,34 @@ def matches(selector: Obj, labels: Obj) -> bool:
     return True
 
 
+def shared_claim_problems(workloads: list[Obj], claims: list[Obj]) -> list[str]:
+    """A rendered claim that several pods mount at once must be ReadWriteMany.
+
+    Several pods: a Deployment that may run more than one (replicas above 1,
+    or none set because an autoscaler owns it), or more than one workload.
+    ReadWriteOnce would hold only while all of them share a node.
+    """
+    users: dict[str, list[Obj]] = {}
+    for workload in workloads:
+        for volume in pod_template(workload)["spec"].get("volumes", []):
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim:
+                users.setdefault(claim, []).append(workload)
+    problems = []
+    for claim in claims:
+        name = claim["metadata"]["name"]
+        mounted_by = users.get(name, [])
+        several = len(mounted_by) > 1 or any(
+            w["kind"] == "Deployment" and w["spec"].get("replicas", 2) > 1 for w in mounted_by
+        )
+        if several and "ReadWriteMany" not in claim["spec"]["accessModes"]:
+            who = ", ".join(describe(w) for w in mounted_by)
+            problems.append(
+                f"{describe(claim)}: mounted by several pods ({who}) but not ReadWriteMany"
+            )
+    return problems
+
+
 def check_objects(objs: list[Obj], where: str, *, external: Collection[str] = ()) -> None:
     """Schema-validate a rendered set and check it hangs together.
 
@@ -248,13 +320,17 @@ def check_objects(objs: list[Obj], where: str, *, external: Collection[str] = ()
         by_kind.setdefault(obj["kind"], []).append(obj)
     names = {kind: {o["metadata"]["name"] for o in items} for kind, items in by_kind.items()}
     deployments = by_kind.get("Deployment", [])
+    cronjobs = by_kind.get("CronJob", [])
     problems: list[str] = []
     hook_pods = [
         o for o in by_kind.get("Pod", []) if "helm.sh/hook" in o["metadata"].get("annotations", {})
     ]
 
+    for cronjob in cronjobs:
+        problems += cronjob_problems(cronjob)
     for deploy in deployments:
         problems += deployment_problems(deploy)
+    for deploy in deployments + cronjobs:
         pod_spec = pod_template(deploy)["spec"]
         sa = pod_spec.get("serviceAccountName", "default")
         if sa != "default" and sa not in names.get("ServiceAccount", set()):
@@ -271,7 +347,7 @@ def check_objects(objs: list[Obj], where: str, *, external: Collection[str] = ()
                 )
         for container in pod_spec["containers"]:
             env = effective_env(container, by_kind.get("ConfigMap", []))
-            if env.get("HOST") != "0.0.0.0":
+            if deploy["kind"] == "Deployment" and env.get("HOST") != "0.0.0.0":
                 problems.append(
                     f"{describe(deploy)}: HOST is not 0.0.0.0 (the default is loopback)"
                 )
@@ -290,6 +366,10 @@ def check_objects(objs: list[Obj], where: str, *, external: Collection[str] = ()
                         f"{describe(deploy)}: Secret {secret} is neither rendered nor external"
                     )
 
+    problems += shared_claim_problems(
+        deployments + cronjobs, by_kind.get("PersistentVolumeClaim", [])
+    )
+
     def selected(selector: Obj) -> list[Obj]:
         return [
             d
@@ -298,6 +378,12 @@ def check_objects(objs: list[Obj], where: str, *, external: Collection[str] = ()
         ]
 
     for service in by_kind.get("Service", []):
+        for cronjob in cronjobs:
+            if matches(
+                {"matchLabels": service["spec"].get("selector", {})},
+                pod_template(cronjob)["metadata"].get("labels", {}),
+            ):
+                problems.append(f"{describe(service)}: selects the pods of {describe(cronjob)}")
         targets = selected({"matchLabels": service["spec"].get("selector", {})})
         if len(targets) != 1:
             problems.append(f"{describe(service)}: selects {len(targets)} Deployments")
@@ -371,28 +457,35 @@ def read_kustomization(directory: Path) -> Obj:
     return kustomization
 
 
-def kustomize_build(directory: Path, accumulated: list[Obj] | None = None) -> list[Obj]:
+def kustomize_build(directory: Path) -> list[Obj]:
+    """Build a Kustomization the way ``kubectl kustomize`` does."""
+    return build_level(directory, [], {})
+
+
+def build_level(directory: Path, accumulated: list[Obj], renames: dict[str, str]) -> list[Obj]:
     """Build a Kustomization, or apply a Component on top of ``accumulated``.
 
     Follows Kustomize's order: resources, then components, then this
-    kustomization's generators, then its transformers.
+    kustomization's generators, then its transformers. ``renames`` collects
+    generated ConfigMap names (name -> name-hash) of the whole build: an
+    object a component adds above the base refers to the base's ConfigMap by
+    its plain name, and Kustomize resolves that too.
     """
     kustomization = read_kustomization(directory)
-    objs = list(accumulated or [])
+    objs = list(accumulated)
     for entry in kustomization.get("resources", []):
         path = directory / entry
         if path.is_dir():
             if read_kustomization(path)["kind"] != "Kustomization":
                 raise UnsupportedKustomizeFeatureError(f"{path}: a Component listed as a resource")
-            objs += kustomize_build(path)
+            objs += build_level(path, [], renames)
         else:
             objs += load_docs(path.read_text())
     for entry in kustomization.get("components", []):
         path = directory / entry
         if read_kustomization(path)["kind"] != "Component":
             raise UnsupportedKustomizeFeatureError(f"{path}: listed as a component but is not one")
-        objs = kustomize_build(path, objs)
-    renames: dict[str, str] = {}
+        objs = build_level(path, objs, renames)
     for generator in kustomization.get("configMapGenerator", []):
         configmap = generate_configmap(generator)
         renames[generator["name"]] = configmap["metadata"]["name"]
@@ -573,7 +666,7 @@ def rel(path: Path) -> str:
 
 def test_the_tree_has_base_components_and_combinations() -> None:
     assert K8S / "base" in BUILDS
-    assert {p.name for p in COMPONENTS} >= {"hpa", "network-policies", "pdb"}
+    assert {p.name for p in COMPONENTS} >= {"archive", "hpa", "network-policies", "pdb"}
     assert any(p.parent == K8S / "tests" for p in BUILDS), "no tests/ combinations"
     assert (K8S / "README.md").is_file()
 
@@ -641,6 +734,134 @@ def test_hpa_component_scales_chat_and_assignment() -> None:
     assert set(hpas) == {"chat", "assignment"}
     metric = hpas["chat"]["spec"]["metrics"][0]
     assert metric["resource"]["name"] == "cpu"
+
+
+def archive_job_problems(objs: list[Obj]) -> list[str]:
+    """The chat archive CronJob runs ``archive`` like a chat pod would.
+
+    Same image, ServiceAccount, env sources (ConfigMap and Secrets) and chat
+    settings as the chat Deployment, and the same archive: ARCHIVE_URL names
+    the path where both mount the same claim.
+    """
+
+    def component(obj: Obj) -> str:
+        value: str = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+        return value
+
+    chat = [o for o in objs if o["kind"] == "Deployment" and component(o) == "chat"]
+    jobs = [o for o in objs if o["kind"] == "CronJob" and component(o) == "chat-archive"]
+    if len(chat) != 1 or len(jobs) != 1:
+        return [f"{len(chat)} chat Deployments and {len(jobs)} archive CronJobs"]
+    chat_pod, job_pod = pod_template(chat[0])["spec"], pod_template(jobs[0])["spec"]
+    server, job = chat_pod["containers"][0], job_pod["containers"][0]
+    problems = []
+    # No command: the image's ENTRYPOINT, python -m livedesk.chat (Dockerfile test).
+    if "command" in job or job.get("args") != ["archive"]:
+        problems.append(
+            f"runs {job.get('command')} {job.get('args')}, not the image with `archive`"
+        )
+    for field in ("image", "imagePullPolicy", "envFrom", "securityContext"):
+        if job.get(field) != server.get(field):
+            problems.append(f"{field} differs: {job.get(field)} != {server.get(field)}")
+    for field in ("serviceAccountName", "securityContext", "imagePullSecrets"):
+        if job_pod.get(field) != chat_pod.get(field):
+            problems.append(f"pod {field} differs")
+    job_env = {e["name"]: e for e in job.get("env", [])}
+    missing = [
+        e for e in server.get("env", []) if e["name"] != "PORT" and job_env.get(e["name"]) != e
+    ]
+    if missing:
+        problems.append(f"chat env missing from the job: {missing}")
+    for key in ("ARCHIVE_AFTER_DAYS", "ARCHIVE_BATCH_SIZE"):
+        if key not in job_env:
+            problems.append(f"job env has no {key}")
+
+    def archive_claim(pod_spec: Obj, container: Obj) -> str | None:
+        url = next(
+            (e.get("value") for e in container.get("env", []) if e["name"] == "ARCHIVE_URL"), ""
+        )
+        if not url or not url.startswith("file:///"):
+            return None
+        mount = next(
+            (m for m in container.get("volumeMounts", []) if m["mountPath"] == url[7:]), None
+        )
+        volume: Obj = next(
+            (v for v in pod_spec["volumes"] if mount and v["name"] == mount["name"]), {}
+        )
+        claim: str | None = volume.get("persistentVolumeClaim", {}).get("claimName")
+        return claim
+
+    claims = archive_claim(chat_pod, server), archive_claim(job_pod, job)
+    if claims[0] is None or claims[0] != claims[1]:
+        problems.append(f"ARCHIVE_URL is not the same mounted claim in chat and the job: {claims}")
+    return problems
+
+
+ARCHIVE_BUILDS = [
+    b for b in BUILDS if "../../components/archive" in read_kustomization(b).get("components", [])
+]
+
+
+def test_the_archive_component_is_rendered() -> None:
+    assert K8S / "tests" / "with-archive" in ARCHIVE_BUILDS
+    assert K8S / "tests" / "all-components" in ARCHIVE_BUILDS
+    assert not [o for o in kustomize_build(K8S / "base") if o["kind"] == "CronJob"]
+
+
+@pytest.mark.parametrize("build", ARCHIVE_BUILDS, ids=rel)
+def test_archive_cronjob_runs_archive_in_a_chat_pod(build: Path) -> None:
+    objs = kustomize_build(build)
+    assert archive_job_problems(objs) == []
+    cronjob = next(o for o in objs if o["kind"] == "CronJob")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(cronjob["spec"]["schedule"].split()) == 5
+    claim = next(
+        o
+        for o in objs
+        if o["kind"] == "PersistentVolumeClaim" and o["metadata"]["name"] == "chat-archive"
+    )
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The chat image's entrypoint, which `args: [archive]` extends.
+    assert dockerfile_stages("chat")[-1][-1] == 'ENTRYPOINT ["python", "-m", "livedesk.chat"]'
+
+
+def test_archive_rules_catch_a_job_that_drifts_from_chat() -> None:
+    """The checks above fail on the mistakes they exist for."""
+    good = kustomize_build(K8S / "tests" / "with-archive")
+
+    def broken(change: Any) -> list[Obj]:
+        objs = copy.deepcopy(good)
+        change(objs)
+        return objs
+
+    def job(objs: list[Obj]) -> Obj:
+        container: Obj = pod_template(next(o for o in objs if o["kind"] == "CronJob"))["spec"][
+            "containers"
+        ][0]
+        return container
+
+    def claim(objs: list[Obj]) -> Obj:
+        return next(
+            o
+            for o in objs
+            if o["metadata"]["name"] == "chat-archive" and o["kind"] == "PersistentVolumeClaim"
+        )
+
+    mistakes = {
+        "other secret": lambda objs: job(objs)["envFrom"][1]["secretRef"].update(name="x"),
+        "other image": lambda objs: job(objs).update(image="livedesk/chat:0.0.9"),
+        "serves instead": lambda objs: job(objs).update(args=[]),
+        "no hot cache env": lambda objs: job(objs)["env"].pop(0),
+        "other archive path": lambda objs: job(objs)["volumeMounts"][1].update(mountPath="/x"),
+    }
+    for what, change in mistakes.items():
+        assert archive_job_problems(broken(change)), what
+    single_node = broken(lambda objs: claim(objs)["spec"].update(accessModes=["ReadWriteOnce"]))
+    problems = shared_claim_problems(
+        [o for o in single_node if o["kind"] in ("Deployment", "CronJob")],
+        [o for o in single_node if o["kind"] == "PersistentVolumeClaim"],
+    )
+    assert [p for p in problems if "chat-archive" in p]
 
 
 def kubectl_kustomize(build: Path) -> list[Obj]:
@@ -788,6 +1009,10 @@ def test_schema_is_strict() -> None:
         ({"chat": {"resources": {"limits": {"cpus": "1"}}}}, "Additional properties"),
         ({"config": {"extraEnv": {"HOST": "127.0.0.1"}}}, "should not be valid"),
         ({"config": {"logLevel": "CRITICAL"}}, "is not one of"),
+        ({"config": {"extraEnv": {"ARCHIVE_URL": "file:///x"}}}, "should not be valid"),
+        ({"chat": {"archive": {"schedule": "hourly"}}}, "does not match"),
+        ({"chat": {"archive": {"batchSize": 0}}}, "less than the minimum"),
+        ({"chat": {"hotCache": {"redisUrl": "http://x"}}}, "does not match"),
     ],
 )
 def test_schema_rejects_bad_values(overrides: Obj, fragment: str) -> None:
@@ -860,6 +1085,14 @@ SCENARIOS: dict[str, Obj] = {
                 }
             },
             "pdb": {"maxUnavailable": "25%"},
+            "hotCache": {"messages": 50, "redisUrl": "redis://cache:6379/3"},
+            "archive": {
+                "enabled": True,
+                "schedule": "@hourly",
+                "afterDays": 7.5,
+                "batchSize": 50,
+                "persistence": {"storageClass": "efs-sc", "size": "100Gi"},
+            },
         },
         "assignment": {
             "autoscaling": {"enabled": False},
@@ -878,7 +1111,13 @@ SCENARIOS: dict[str, Obj] = {
     "minimal": {
         "serviceAccount": {"create": False},
         "metricsAnnotations": False,
-        "chat": {"autoscaling": {"enabled": False}, "pdb": {"enabled": False}, "replicaCount": 1},
+        "chat": {
+            "autoscaling": {"enabled": False},
+            "pdb": {"enabled": False},
+            "replicaCount": 1,
+            "hotCache": {"messages": 0},
+            "archive": {"enabled": True, "persistence": {"existingClaim": "my-archive-volume"}},
+        },
         "assignment": {"enabled": False},
         "analytics": {"persistence": {"existingClaim": "my-chdb-volume", "keepOnUninstall": False}},
     },
@@ -924,7 +1163,19 @@ def test_chart_renders_valid_objects(helm: Any, scenario: str) -> None:
     values = with_values(overrides)
     existing = {values[name]["existingSecret"] for name in SERVICES}
     existing.add(values["analytics"]["persistence"]["existingClaim"])
+    existing.add(values["chat"]["archive"]["persistence"]["existingClaim"])
     check_objects(objs, f"chart with {scenario} values", external=existing - {""})
+    cronjobs = [o for o in objs if o["kind"] == "CronJob"]
+    if values["chat"]["archive"]["enabled"]:
+        assert archive_job_problems(objs) == []
+        job = pod_template(cronjobs[0])["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in job["env"]}
+        assert env["ARCHIVE_AFTER_DAYS"] == str(values["chat"]["archive"]["afterDays"])
+        assert env["ARCHIVE_BATCH_SIZE"] == str(values["chat"]["archive"]["batchSize"])
+        assert env["HOT_CACHE_MESSAGES"] == str(values["chat"]["hotCache"]["messages"])
+        assert cronjobs[0]["spec"]["schedule"] == values["chat"]["archive"]["schedule"]
+    else:
+        assert cronjobs == []
 
     deployments = {
         o["metadata"]["labels"]["app.kubernetes.io/component"]: o
@@ -1002,6 +1253,76 @@ def test_chart_defaults_match_the_kustomize_base(helm: Any) -> None:
             [v for v in pod["volumes"] if v["name"] == "tmp"] for pod in (chart[name], base[name])
         ]
         assert tmp[0] == tmp[1], f"{name}: /tmp volume"
+
+
+def test_chart_archive_matches_the_kustomize_component(helm: Any) -> None:
+    """chat.archive.enabled renders what components/archive adds to the base."""
+
+    def archive(objs: list[Obj]) -> tuple[Obj, Obj, Obj]:
+        cronjob = next(o for o in objs if o["kind"] == "CronJob")
+        claim = next(
+            o
+            for o in objs
+            if o["kind"] == "PersistentVolumeClaim" and "archive" in o["metadata"]["name"]
+        )
+        chat = next(
+            o
+            for o in objs
+            if o["kind"] == "Deployment"
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "chat"
+        )
+        return cronjob, claim, chat
+
+    chart = archive(manifests(render(helm, CHART, {"chat": {"archive": {"enabled": True}}})))
+    base = archive(kustomize_build(K8S / "tests" / "with-archive"))
+    (chart_job, chart_claim, chart_chat), (base_job, base_claim, base_chat) = chart, base
+    for field in (
+        "schedule",
+        "timeZone",
+        "concurrencyPolicy",
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ):
+        assert chart_job["spec"].get(field) == base_job["spec"].get(field), field
+    for field in ("activeDeadlineSeconds", "backoffLimit"):
+        assert (
+            chart_job["spec"]["jobTemplate"]["spec"][field]
+            == base_job["spec"]["jobTemplate"]["spec"][field]
+        ), field
+    chart_pod, base_pod = pod_template(chart_job)["spec"], pod_template(base_job)["spec"]
+    for field in (
+        "restartPolicy",
+        "securityContext",
+        "terminationGracePeriodSeconds",
+        "enableServiceLinks",
+    ):
+        assert chart_pod[field] == base_pod[field], field
+    ours, theirs = chart_pod["containers"][0], base_pod["containers"][0]
+    for field in ("args", "env", "resources", "securityContext", "volumeMounts"):
+        assert ours.get(field) == theirs.get(field), field
+    assert chart_claim["spec"] == base_claim["spec"]
+    ours, theirs = (
+        pod_template(chart_chat)["spec"]["containers"][0],
+        pod_template(base_chat)["spec"]["containers"][0],
+    )
+    for field in ("env", "volumeMounts"):
+        assert ours[field] == theirs[field], field
+
+
+def test_chart_refuses_an_archive_volume_one_node_only(helm: Any, tmp_path: Path) -> None:
+    overrides = {
+        "chat": {"archive": {"enabled": True, "persistence": {"accessModes": ["ReadWriteOnce"]}}}
+    }
+    assert [e for e in schema_errors(with_values(overrides)) if "accessModes" in e]
+    with pytest.raises(helm.HelmError, match="ReadWriteMany"):
+        render(helm, CHART, overrides)
+    # The template refuses too, for installs that skip the schema.
+    schemaless = tmp_path / "livedesk"
+    shutil.copytree(CHART, schemaless)
+    (schemaless / "values.schema.json").unlink()
+    with pytest.raises(helm.HelmError, match="every chat pod and the archive job"):
+        render(helm, schemaless, overrides)
 
 
 def test_selectors_survive_upgrades(helm: Any, tmp_path: Path) -> None:

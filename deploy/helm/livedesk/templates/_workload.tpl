@@ -3,8 +3,54 @@ Objects every service has. Each takes a component context
   (dict "root" $ "component" "<name>" "svc" .Values.<name>)
 and is included by templates/<name>/*.yaml. What differs between services
 comes from their values: assignment has grpcPort, analytics has embeddedChdb
-and persistence.
+and persistence, chat has hotCache and archive.
 */}}
+
+{{/*
+Environment sources of a component's pods: the shared ConfigMap, then the
+Secret the chart creates (secretEnv), then the existing one. chat's archive
+job uses exactly these too.
+*/}}
+{{- define "livedesk.envFrom" -}}
+- configMapRef:
+    name: {{ include "livedesk.configMapName" .root }}
+{{- if .svc.secretEnv }}
+- secretRef:
+    name: {{ include "livedesk.secretName" . }}
+{{- end }}
+{{- with .svc.existingSecret }}
+- secretRef:
+    name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+chat's own settings, in its pods and in its archive job alike: the hot cache
+and, with the archive on, where the archive is (file://<mountPath>).
+*/}}
+{{- define "livedesk.chatEnv" -}}
+{{- with .svc.hotCache }}
+- name: HOT_CACHE_MESSAGES
+  value: {{ .messages | quote }}
+- name: HOT_CACHE_TTL
+  value: {{ .ttlSeconds | quote }}
+- name: HOT_CACHE_TIMEOUT
+  value: {{ .timeoutSeconds | quote }}
+{{- with .redisUrl }}
+- name: HOT_CACHE_REDIS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if and (hasKey .svc "archive") .svc.archive.enabled }}
+- name: ARCHIVE_URL
+  value: {{ printf "file://%s" .svc.archive.mountPath | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Name of chat's archive claim: the existing one, or "<fullname>-chat-archive". */}}
+{{- define "livedesk.archiveClaimName" -}}
+{{- .svc.archive.persistence.existingClaim | default (include "livedesk.componentName" (dict "root" .root "component" "chat-archive")) }}
+{{- end }}
 
 {{- define "livedesk.serviceAccount" -}}
 {{- if and .svc.enabled .root.Values.serviceAccount.create }}
@@ -48,6 +94,7 @@ stringData:
 {{- $root := .root }}
 {{- $svc := .svc }}
 {{- $chdb := and (hasKey $svc "embeddedChdb") $svc.embeddedChdb }}
+{{- $archive := and (hasKey $svc "archive") $svc.archive.enabled }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -156,20 +203,14 @@ spec:
             - name: CHDB_PATH
               value: {{ $svc.persistence.mountPath | quote }}
             {{- end }}
+            {{- with include "livedesk.chatEnv" . | trim }}
+            {{- . | nindent 12 }}
+            {{- end }}
             {{- with $svc.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           envFrom:
-            - configMapRef:
-                name: {{ include "livedesk.configMapName" $root }}
-            {{- if $svc.secretEnv }}
-            - secretRef:
-                name: {{ include "livedesk.secretName" . }}
-            {{- end }}
-            {{- with $svc.existingSecret }}
-            - secretRef:
-                name: {{ . }}
-            {{- end }}
+            {{- include "livedesk.envFrom" . | nindent 12 }}
           resources:
             {{- toYaml $svc.resources | nindent 12 }}
           startupProbe:
@@ -202,6 +243,11 @@ spec:
             - name: data
               mountPath: {{ $svc.persistence.mountPath }}
             {{- end }}
+            {{- if $archive }}
+            # Archived conversations are read back from here (the job writes them).
+            - name: archive
+              mountPath: {{ $svc.archive.mountPath }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
@@ -210,6 +256,11 @@ spec:
         - name: data
           persistentVolumeClaim:
             claimName: {{ $svc.persistence.existingClaim | default (printf "%s-data" (include "livedesk.componentName" .)) }}
+        {{- end }}
+        {{- if $archive }}
+        - name: archive
+          persistentVolumeClaim:
+            claimName: {{ include "livedesk.archiveClaimName" . }}
         {{- end }}
 {{- end }}
 {{- end }}
