@@ -1,13 +1,17 @@
-"""Analytics benchmark: ingest rate (RabbitMQ -> chDB) and report latency on a large data set.
+"""Analytics benchmark: ingest rate next to a raw consumer's, and report latency at scale.
 
-1. Ingest: BENCH_INGEST_EVENTS events are published while analytics is stopped
-   (its queue holds them), then analytics starts and the time to drain the
-   queue into chDB gives the sustained events/s.
-2. Reports: BENCH_MESSAGES messages (20 per conversation, plus each
-   conversation's lifecycle events and a rating) are generated inside chDB
-   as `events` rows (the materialized views fill the report tables as for
-   real ingestion), then the service answers GET /overview (30 days) and
-   GET /search/messages; p50 / p99 over BENCH_REQUESTS requests each.
+1. Ingest: BENCH_INGEST_EVENTS events are published once to an exchange that
+   feeds two identical quorum queues: analytics' own (analytics stopped) and a
+   raw one. One plain aio-pika consumer drains the raw queue and only acks
+   (the ceiling of one Python consumer here); then analytics starts and drains
+   its queue into chDB (decode, rows, INSERT, summaries, ack). Both rates are
+   printed, with their ratio.
+2. Reports: BENCH_CONVERSATIONS conversations with BENCH_MESSAGES_PER_CONVERSATION
+   messages each (plus created, assigned, resolved and a rating) are generated
+   inside chDB as `events` rows (the materialized views fill the report tables
+   and states as ingestion does), the summaries are computed as migration 0004
+   does, then the service answers every report and search request
+   BENCH_REQUESTS times in a row, BENCH_ROUNDS rounds; p50 / p95 / p99 per round.
 """
 
 from __future__ import annotations
@@ -20,23 +24,36 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from livedesk.analytics.schema import migrate
 from livedesk.analytics.store import Store
+from livedesk.analytics.summary import refresh_all
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
 from livedesk.contracts.events.v1.message_pb2 import MessageCreated
 from livedesk.platform.auth import AuthSettings, load_issuer
 from livedesk.platform.bus import EventPublisher, connect, new_event
 from livedesk.platform.testing import ServiceProcess, free_port, wait_until
 
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+    from google.protobuf.message import Message
+
+    from livedesk.platform.bus import Envelope
+
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 INGEST_EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))
-MESSAGES = int(os.environ.get("BENCH_MESSAGES", "10000000"))
+CONVERSATIONS = int(os.environ.get("BENCH_CONVERSATIONS", "1000000"))
+MESSAGES_PER_CONVERSATION = int(os.environ.get("BENCH_MESSAGES_PER_CONVERSATION", "10"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "50"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+PARTS = os.environ.get("BENCH_PARTS", "ingest,reports").split(",")
 TENANT = "bench-tenant"
 START = dt.datetime(2024, 4, 1, tzinfo=dt.UTC)
+PREFETCH = 10_000
+"""The raw consumer's prefetch: analytics' own (2 x INGEST_BATCH_SIZE)."""
 
 
 async def _metric(base: str, name: str) -> float:
@@ -62,55 +79,113 @@ def _service(tmp: Path, tag: str, chdb: Path) -> ServiceProcess:
     return ServiceProcess("livedesk.analytics", env, tmp / f"{tag}.log", int(env["PORT"]))
 
 
-async def bench_ingest(tmp: Path) -> None:
-    tag = f"i{os.getpid()}"
-    service = _service(tmp, tag, tmp / "ingest-chdb")
-    service.start()
-    await service.wait_ready(60)
-    service.terminate()
+def _ingest_events() -> list[Envelope]:
     events = []
-    at = START
     for i in range(INGEST_EVENTS):
         conv = f"c{i // 10}"
         if i % 10 == 0:
-            payload: object = ConversationCreated(inbox_id="web")
+            payload: Message = ConversationCreated(inbox_id="web")
         else:
             payload = MessageCreated(message_id=f"m{i}", seq=i % 10, body=f"hello world {i}")
+            payload.created_at.FromDatetime(START + dt.timedelta(milliseconds=i))
         events.append(
             new_event(
-                payload,  # type: ignore[arg-type]
+                payload,
                 tenant_id=TENANT,
                 producer="bench",
                 conversation_id=conv,
-                occurred_at=at + dt.timedelta(milliseconds=i),
+                occurred_at=START + dt.timedelta(milliseconds=i),
             )
         )
+    return events
+
+
+async def _raw_drain(connection: AbstractRobustConnection, queue_name: str, total: int) -> float:
+    """Seconds one plain aio-pika consumer takes to drain ``total`` messages, acking each."""
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=PREFETCH)
+    queue = await channel.get_queue(queue_name)
+    done = asyncio.Event()
+    seen = 0
+    first = 0.0
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        nonlocal seen, first
+        if seen == 0:
+            first = time.perf_counter()
+        seen += 1
+        await message.ack()
+        if seen >= total:
+            done.set()
+
+    started = time.perf_counter()
+    tag = await queue.consume(on_message)
+    await asyncio.wait_for(done.wait(), 1800)
+    elapsed = time.perf_counter() - started
+    await queue.cancel(tag)
+    await channel.close()
+    print(f"  (raw: first delivery after {first - started:.2f}s)")
+    return elapsed
+
+
+async def bench_ingest(tmp: Path) -> None:
+    tag = f"i{os.getpid()}"
+    exchange_name = f"bench.{tag}.events"
+    service = _service(tmp, tag, tmp / "ingest-chdb")
+    # Once, to migrate chDB and declare analytics' queue and bindings; then stopped.
+    service.start()
+    await service.wait_ready(120)
+    service.terminate()
     connection = await connect(AMQP_URL, "bench")
-    publisher = await EventPublisher.create(connection, f"bench.{tag}.events")
+    channel = await connection.channel()
+    exchange = await channel.get_exchange(exchange_name)
+    raw_queue = f"bench.{tag}.raw"
+    queue = await channel.declare_queue(
+        raw_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await queue.bind(exchange, routing_key="#")
+
+    events = _ingest_events()
+    publisher = await EventPublisher.create(connection, exchange_name)
     t0 = time.perf_counter()
     for i in range(0, len(events), 2000):
         await publisher.publish_many(events[i : i + 2000])
-    print(f"published {len(events)} events in {time.perf_counter() - t0:.1f}s (analytics stopped)")
+    published = time.perf_counter() - t0
+    print(
+        f"published {len(events):,} events to 2 quorum queues in {published:.1f}s "
+        f"({len(events) / published:,.0f} events/s, analytics stopped)"
+    )
     await publisher.close()
+
+    raw = await _raw_drain(connection, raw_queue, len(events))
+    raw_rate = len(events) / raw
+    print(f"raw: one aio-pika consumer, ack only: {raw:.1f}s = {raw_rate:,.0f} messages/s")
 
     service.start()
     started = time.perf_counter()
-    await service.wait_ready(60)
+    samples: list[tuple[float, float]] = []
 
     async def drained() -> bool:
-        return await _metric(service.base_url, "livedesk_analytics_events_ingested_total") >= len(
-            events
-        )
+        try:
+            count = await _metric(service.base_url, "livedesk_analytics_events_ingested_total")
+        except aiohttp.ClientError:
+            return False
+        samples.append((time.perf_counter(), count))
+        return count >= len(events)
 
     await wait_until(drained, timeout=1800, interval=0.2, what="backlog ingested")
     elapsed = time.perf_counter() - started
+    # Sustained: from the first sample with events stored to the last (start-up excluded).
+    first = next((t, c) for t, c in samples if c > 0)
+    sustained = (samples[-1][1] - first[1]) / max(1e-9, samples[-1][0] - first[0])
     print(
-        f"ingest: {len(events)} events from RabbitMQ into chDB in {elapsed:.1f}s "
-        f"(incl. start-up) = {len(events) / elapsed:,.0f} events/s"
+        f"ingest: {len(events):,} events into chDB in {elapsed:.1f}s incl. start-up "
+        f"({len(events) / elapsed:,.0f} events/s); sustained {sustained:,.0f} events/s "
+        f"= {sustained / raw_rate:.0%} of raw"
     )
     service.terminate()
-    channel = await connection.channel()
     for q in (
+        "raw",
         "analytics",
         "analytics.dlq",
         "analytics.retry.0",
@@ -118,7 +193,7 @@ async def bench_ingest(tmp: Path) -> None:
         "analytics.retry.2",
     ):
         await channel.queue_delete(f"bench.{tag}.{q}")
-    await channel.exchange_delete(f"bench.{tag}.events")
+    await channel.exchange_delete(exchange_name)
     await connection.close()
 
 
@@ -129,12 +204,12 @@ SELECT generateUUIDv7(), type, '{tenant}', conv, 'bench', at, '', payload, now64
 FROM (
     SELECT
         number AS n,
-        intDiv(n, 24) AS c,
-        n % 24 AS k,
+        intDiv(n, {per}) AS c,
+        n % {per} AS k,
         concat('c', toString(c)) AS conv,
-        toDateTime64('{start}', 3, 'UTC') + toIntervalSecond(c * {spacing}) AS t0,
+        toDateTime64('{start}', 3, 'UTC') + toIntervalMillisecond(c * {spacing_ms}) AS t0,
         multiIf(k = 0, 'conversation.created', k = 1, 'conversation.assigned',
-                k = 22, 'conversation.resolved', k = 23, 'csat.submitted',
+                k = {per} - 2, 'conversation.resolved', k = {per} - 1, 'csat.submitted',
                 'message.created') AS type,
         t0 + toIntervalSecond(k * 30 + (c % 7) * 5) AS at,
         concat('ag', toString(c % 40)) AS agent,
@@ -142,8 +217,9 @@ FROM (
             k = 0, concat('{{"inbox_id":"inbox', toString(c % 5),
                           '","team_id":"team', toString(c % 3), '"}}'),
             k = 1, concat('{{"agent_id":"', agent, '"}}'),
-            k = 22, concat('{{"agent_id":"', agent, '","resolved_by":"', agent, '"}}'),
-            k = 23, concat('{{"rating":', toString(1 + c % 5), ',"agent_id":"', agent, '"}}'),
+            k = {per} - 2, concat('{{"agent_id":"', agent, '","resolved_by":"', agent, '"}}'),
+            k = {per} - 1,
+            concat('{{"rating":', toString(1 + c % 5), ',"agent_id":"', agent, '"}}'),
             concat('{{"message_id":"', conv, '-', toString(k), '","seq":"', toString(k - 1),
                    '","sender_kind":"', if(k % 2 = 0, 'ACTOR_KIND_VISITOR', 'ACTOR_KIND_AGENT'),
                    '","sender_id":"', if(k % 2 = 0, concat('v', toString(c)), agent),
@@ -158,30 +234,35 @@ FROM (
 """
 
 
-async def load_reports_data(chdb: Path) -> float:
-    conversations = max(1, MESSAGES // 20)
-    rows = conversations * 24
-    spacing = max(1, (60 * 86400) // conversations)  # spread over 60 days
+async def load_reports_data(chdb: Path) -> None:
+    per = MESSAGES_PER_CONVERSATION + 4
+    rows = CONVERSATIONS * per
+    spacing_ms = max(1, (60 * 86400 * 1000) // CONVERSATIONS)  # spread over 60 days
     store = await Store.open(clickhouse_url=None, chdb_path=str(chdb))
     try:
         await migrate(store)
         t0 = time.perf_counter()
-        chunk = 2_400_000
+        chunk = per * 200_000
         for offset in range(0, rows, chunk):
             sql = _GENERATE.format(
                 tenant=TENANT,
                 start=START.strftime("%Y-%m-%d %H:%M:%S"),
-                spacing=spacing,
+                spacing_ms=spacing_ms,
+                per=per,
                 rows=f"{offset}, {min(chunk, rows - offset)}",
             )
             await store.command(sql)
-        elapsed = time.perf_counter() - t0
+        loaded = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await refresh_all(store)
+        summarized = time.perf_counter() - t0
         counted = await store.query("SELECT count() FROM messages")
+        summaries = await store.query("SELECT count() FROM conversation_summary")
         print(
-            f"loaded {conversations:,} conversations, {counted[0][0]:,} messages "
-            f"({rows:,} events) in {elapsed:.0f}s"
+            f"loaded {CONVERSATIONS:,} conversations, {counted[0][0]:,} messages "
+            f"({rows:,} events) in {loaded:.0f}s; {summaries[0][0]:,} summaries "
+            f"computed in {summarized:.0f}s"
         )
-        return elapsed
     finally:
         await store.close()
 
@@ -201,8 +282,44 @@ async def _latency(
 
 def _summary(name: str, timings: list[float]) -> None:
     timings.sort()
-    p99 = timings[min(len(timings) - 1, int(len(timings) * 0.99))]
-    print(f"{name}: p50 {statistics.median(timings):.0f} ms, p99 {p99:.0f} ms (n={len(timings)})")
+
+    def pct(p: float) -> float:
+        return timings[min(len(timings) - 1, int(len(timings) * p))]
+
+    print(
+        f"  {name}: p50 {statistics.median(timings):.0f} ms, p95 {pct(0.95):.0f} ms, "
+        f"p99 {pct(0.99):.0f} ms (n={len(timings)})"
+    )
+
+
+_MONTH = {"from": "2024-04-15T00:00:00Z", "to": "2024-05-15T00:00:00Z"}
+_REQUESTS: list[tuple[str, str, dict[str, str]]] = [
+    ("overview, 30 days", "reports/overview", _MONTH),
+    ("overview, 30 days, inbox filter", "reports/overview", {**_MONTH, "inbox_id": "inbox1"}),
+    ("overview, 30 days, agent filter", "reports/overview", {**_MONTH, "agent_id": "ag7"}),
+    ("agents table, 30 days", "reports/agents", _MONTH),
+    ("inboxes table, 30 days", "reports/inboxes", _MONTH),
+    ("teams table, 30 days", "reports/teams", _MONTH),
+    ("volume by day, 30 days", "reports/volume", {**_MONTH, "interval": "day"}),
+    (
+        "volume by hour, 7 days",
+        "reports/volume",
+        {"from": "2024-05-01T00:00:00Z", "to": "2024-05-08T00:00:00Z", "interval": "hour"},
+    ),
+    ("heatmap, 30 days", "reports/heatmap", _MONTH),
+    ("live", "reports/live", {}),
+    ("search 'parcel' (newest 20)", "search/messages", {"q": "parcel"}),
+    ("search '\"tracking number\" 123'", "search/messages", {"q": '"tracking number" 123'}),
+    (
+        "search 'refund 777' in April",
+        "search/messages",
+        {"q": "refund 777", "from": "2024-04-01T00:00:00Z", "to": "2024-05-01T00:00:00Z"},
+    ),
+]
+_BUSINESS_HOURS = {
+    "time_zone": "Europe/Paris",
+    "windows": [{"weekday": d, "start": "09:00", "end": "17:00"} for d in range(1, 6)],
+}
 
 
 async def bench_reports(tmp: Path) -> None:
@@ -211,7 +328,7 @@ async def bench_reports(tmp: Path) -> None:
     service = _service(tmp, f"r{os.getpid()}", chdb)
     service.start()
     try:
-        await service.wait_ready(120)
+        await service.wait_ready(300)
         token = load_issuer(AuthSettings(livedesk_env="test")).issue(
             subject="bench",
             tenant_id=TENANT,
@@ -220,46 +337,23 @@ async def bench_reports(tmp: Path) -> None:
             ttl=dt.timedelta(hours=1),
         )
         headers = {"Authorization": f"Bearer {token}"}
-        base = service.base_url
-        month = {"from": "2024-04-15T00:00:00Z", "to": "2024-05-15T00:00:00Z"}
+        api = f"{service.base_url}/api/v1"
         async with aiohttp.ClientSession() as s:
-            _summary(
-                "overview, 30 days",
-                await _latency(s, f"{base}/api/v1/reports/overview", month, headers),
-            )
-            _summary(
-                "overview, 30 days, inbox filter",
-                await _latency(
-                    s, f"{base}/api/v1/reports/overview", {**month, "inbox_id": "inbox1"}, headers
-                ),
-            )
-            _summary(
-                "agents table, 30 days",
-                await _latency(s, f"{base}/api/v1/reports/agents", month, headers),
-            )
-            _summary(
-                "search 'parcel' (newest 20)",
-                await _latency(s, f"{base}/api/v1/search/messages", {"q": "parcel"}, headers),
-            )
-            _summary(
-                "search '\"tracking number\" 123'",
-                await _latency(
-                    s, f"{base}/api/v1/search/messages", {"q": '"tracking number" 123'}, headers
-                ),
-            )
-            _summary(
-                "search 'refund 777' in April",
-                await _latency(
-                    s,
-                    f"{base}/api/v1/search/messages",
-                    {
-                        "q": "refund 777",
-                        "from": "2024-04-01T00:00:00Z",
-                        "to": "2024-05-01T00:00:00Z",
-                    },
-                    headers,
-                ),
-            )
+            for round_ in range(1, ROUNDS + 1):
+                print(f"round {round_}:")
+                for name, path, params in _REQUESTS:
+                    _summary(name, await _latency(s, f"{api}/{path}", params, headers))
+            # Business hours on two of the five inboxes: the per-item calendar arithmetic.
+            for inbox in ("inbox1", "inbox2"):
+                async with s.put(
+                    f"{api}/reports/settings/business-hours/{inbox}",
+                    json=_BUSINESS_HOURS,
+                    headers=headers,
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+            print("with business hours on 2 of 5 inboxes:")
+            for name, path, params in _REQUESTS[:4]:
+                _summary(name, await _latency(s, f"{api}/{path}", params, headers))
     finally:
         service.terminate()
 
@@ -267,11 +361,13 @@ async def bench_reports(tmp: Path) -> None:
 async def main() -> None:
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
+        f"Python {platform.python_version()}, load average {os.getloadavg()}"
     )
     with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp:
-        await bench_ingest(Path(tmp))
-        await bench_reports(Path(tmp))
+        if "ingest" in PARTS:
+            await bench_ingest(Path(tmp))
+        if "reports" in PARTS:
+            await bench_reports(Path(tmp))
 
 
 if __name__ == "__main__":

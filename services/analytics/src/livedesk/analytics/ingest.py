@@ -26,8 +26,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from google.protobuf.json_format import MessageToJson
-
 from livedesk.analytics.metrics import (
     EVENTS_IN_FLIGHT,
     EVENTS_INGESTED,
@@ -35,6 +33,8 @@ from livedesk.analytics.metrics import (
     LAST_FLUSH_ROWS,
     OLDEST_EVENT_AGE,
 )
+from livedesk.analytics.payload_json import payload_json
+from livedesk.analytics.summary import refresh_conversations, touches_summary
 from livedesk.platform.bus import payload_of
 from livedesk.platform.logging import get_logger
 from livedesk.platform.tracing import parse_traceparent
@@ -63,6 +63,8 @@ EVENT_COLUMNS: tuple[str, ...] = (
 """Columns of ``events`` in the order :func:`row_of` fills them."""
 
 _TYPE_COLUMN = EVENT_COLUMNS.index("type")
+_TENANT_COLUMN = EVENT_COLUMNS.index("tenant_id")
+_CONVERSATION_COLUMN = EVENT_COLUMNS.index("conversation_id")
 _OCCURRED_COLUMN = EVENT_COLUMNS.index("occurred_at")
 
 
@@ -72,7 +74,7 @@ def row_of(env: Envelope, ingested_at: dt.datetime) -> tuple[Any, ...]:
     Times are timezone-aware UTC: the client reads a naive time as local time.
     """
     parsed = parse_traceparent(env.traceparent) if env.traceparent else None
-    payload = MessageToJson(payload_of(env), preserving_proto_field_name=True, indent=None)
+    payload = payload_json(payload_of(env))
     return (
         uuid.UUID(env.event_id),
         env.type,
@@ -239,6 +241,16 @@ class EventIngestor:
     async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         try:
             await self._store.insert("events", rows, EVENT_COLUMNS)
+            # Before the batch is acked: a crash here redelivers it, and the
+            # re-computation runs again then.
+            await refresh_conversations(
+                self._store,
+                (
+                    (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN])
+                    for r in rows
+                    if r[_CONVERSATION_COLUMN] and touches_summary(r[_TYPE_COLUMN])
+                ),
+            )
         except Exception as exc:
             log.warning("ingest_insert_failed", rows=len(rows), error=str(exc))
             raise

@@ -1,16 +1,15 @@
 """The report queries: every metric of ``docs/metrics.md``, computed in ClickHouse.
 
-Each report is one or two SQL queries over the typed tables of migration
-0002, all read with FINAL so a duplicated event never counts twice, and all
-ordered by event time, so the order events arrived in never matters.
-
-Every report starts from the same per-conversation view (``conv``): the
-conversation's inbox (from ``conversation.created``), its team (the last
-non-empty team of its lifecycle events), every agent it was assigned to,
-the sorted times it was created or reopened (episode starts), assigned
-(with agent) and resolved (with agent). The filters (inbox, team, agent)
-select conversations on that view. From it, each conversation yields
-*items* ``(agent, kind, seconds, business_seconds)``:
+Every report reads ``conversation_summary`` (migration 0004): one row per
+created conversation, holding its inbox, its team (the last non-empty team of
+its lifecycle events), every agent it was assigned to, its episodes (each
+start with its first assignment and first agent message), resolves, ratings,
+answered visitor messages and live waiting state, all derived from the
+events by their own times, so neither duplicates nor arrival order change
+it. The ingester keeps each row current (see ``summary.py``); reports read
+with FINAL, which on these few, mostly merged rows costs little. The
+filters (inbox, team, agent) select conversations on those rows. From
+each, the report derives *items* ``(agent, kind, seconds, business_seconds)``:
 
 ====================  ==========================================  ======================
 kind                  one per                                     agent
@@ -26,7 +25,9 @@ kind                  one per                                     agent
 ====================  ==========================================  ======================
 
 which are then grouped by the report's key (nothing, inbox, team, agent).
-``business_seconds`` is -1 where the inbox has no business hours.
+``business_seconds`` is -1 where the inbox has no business hours. Business
+seconds are computed at query time from the stored instants, so a change of
+business hours applies to past reports at once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from livedesk.analytics.store import Store
 
@@ -67,8 +68,6 @@ DURATIONS: tuple[str, ...] = ("wait", "first_response", "resolution")
 _WEEK = 7 * 86400
 # 1970-01-05, the first Monday after the epoch: week positions count from Monday 00:00.
 _MONDAY = 4 * 86400
-_FAR = "toDateTime64('2200-01-01 00:00:00', 3, 'UTC')"
-_ZERO = "toDateTime64(0, 3, 'UTC')"
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 _ITEMS_TYPE = "Array(Tuple(String, String, Float64, Float64))"
 
@@ -134,39 +133,47 @@ def _secs(a: str, b: str) -> str:
 
 
 def _business_calendar(hours: BusinessHours, t: str) -> str:
-    """SQL for business seconds from the epoch's first Monday to ``t``, wall-clock time."""
+    """SQL for business seconds from the epoch's first Monday to ``t``, wall-clock time.
+
+    The windows are unrolled into one sum (no array per value): this runs once
+    per duration end point of every conversation in the range.
+    """
     assert valid_time_zone(hours.time_zone)
-    starts = ",".join(str(int(s)) for s, _ in hours.windows) or "0"
-    ends = ",".join(str(int(e)) for _, e in hours.windows) or "0"
     wall = (
         f"(toUnixTimestamp64Milli({t}) / 1000"
         f" + timeZoneOffset(toTimeZone({t}, '{hours.time_zone}')) - {_MONDAY})"
     )
     weeks = f"floor({wall} / {_WEEK})"
-    return (
-        f"({weeks} * {hours.seconds_per_week} + arraySum(arrayMap((s, e) -> "
-        f"least(greatest({wall} - {weeks} * {_WEEK} - s, 0.), toFloat64(e - s)), "
-        f"[{starts}], [{ends}])))"
-    )
+    into_week = f"({wall} - {weeks} * {_WEEK})"
+    parts = [
+        f"least(greatest({into_week} - {int(s)}, 0.), {int(e) - int(s)}.)" for s, e in hours.windows
+    ] or ["0."]
+    return f"({weeks} * {hours.seconds_per_week} + {' + '.join(parts)})"
 
 
-def _business_seconds(hours: Sequence[BusinessHours], a: str, b: str) -> tuple[str, dict[str, Any]]:
-    """SQL for the business seconds between ``a`` and ``b`` in the conversation's inbox."""
-    if not hours:
-        return "-1.", {}
+def _by_inbox(
+    hours: Sequence[BusinessHours], value: Callable[[BusinessHours], str], default: str
+) -> tuple[str, dict[str, Any]]:
+    """SQL choosing, by the row's ``inbox_id``, ``value(its business hours)``, else ``default``."""
     branches: list[str] = []
     parameters: dict[str, Any] = {}
     for i, h in enumerate(hours):
         if not h.windows:
             continue
         parameters[f"bh_inbox_{i}"] = h.inbox_id
-        branches.append(
-            f"inbox_id = {{bh_inbox_{i}:String}}, "
-            f"toFloat64({_business_calendar(h, b)} - {_business_calendar(h, a)})"
-        )
+        branches.append(f"inbox_id = {{bh_inbox_{i}:String}}, {value(h)}")
     if not branches:
-        return "-1.", {}
-    return f"multiIf({', '.join(branches)}, -1.)", parameters
+        return default, {}
+    return f"multiIf({', '.join(branches)}, {default})", parameters
+
+
+def _business_seconds(hours: Sequence[BusinessHours], a: str, b: str) -> tuple[str, dict[str, Any]]:
+    """SQL for the business seconds between ``a`` and ``b`` in the conversation's inbox."""
+    return _by_inbox(
+        hours,
+        lambda h: f"toFloat64({_business_calendar(h, b)} - {_business_calendar(h, a)})",
+        "-1.",
+    )
 
 
 _CONV_FILTER = """
@@ -174,96 +181,44 @@ _CONV_FILTER = """
       AND ({team:String} = '' OR team_id = {team:String})
       AND ({agent:String} = '' OR has(agents, {agent:String}))"""
 
-
-def _conv(scope: str) -> str:
-    """The per-conversation view of the conversations ``scope`` selects, filtered."""
-    return f"""
-    SELECT
-        conversation_id,
-        minIf(occurred_at, type = 'conversation.created') AS created_at,
-        argMinIf(inbox_id, occurred_at, type = 'conversation.created') AS inbox_id,
-        argMaxIf(team_id, occurred_at, team_id != '') AS team_id,
-        groupUniqArrayIf(agent_id, type = 'conversation.assigned' AND agent_id != '') AS agents,
-        arraySort(groupArrayIf(occurred_at,
-            type IN ('conversation.created', 'conversation.reopened'))) AS starts,
-        arraySort(groupArrayIf((occurred_at, agent_id), type = 'conversation.assigned')) AS assigns,
-        arraySort(groupArrayIf((occurred_at, agent_id), type = 'conversation.resolved')) AS resolves
-    FROM conversation_events FINAL
-    WHERE tenant_id = {{tenant:String}} AND conversation_id IN ({scope})
-    GROUP BY conversation_id
-    HAVING created_at > {_ZERO} {_CONV_FILTER}"""
-
-
-# Conversations with a lifecycle event or a rating in the range.
-_SCOPE = f"""
-        SELECT conversation_id FROM conversation_events
-        WHERE tenant_id = {{tenant:String}} AND occurred_at >= {_F} AND occurred_at < {_T}
-        UNION DISTINCT
-        SELECT conversation_id FROM csat
-        WHERE tenant_id = {{tenant:String}} AND occurred_at >= {_F} AND occurred_at < {_T}"""
+# The summaries (migration 0004) of the tenant's conversations counted in the
+# range, filtered. first_at / last_at span every time a report counts a
+# conversation at, so conversations with nothing in the range are skipped by
+# their min/max indexes without being read.
+_SUMMARY = f"""
+    FROM conversation_summary FINAL
+    WHERE tenant_id = {{tenant:String}} AND last_at >= {_F} AND first_at < {_T} {_CONV_FILTER}"""
 
 
 def _items_sql(hours: Sequence[BusinessHours]) -> tuple[str, dict[str, Any]]:
-    """SQL yielding ``conv`` columns plus ``items`` (see the module docstring)."""
-    bh_ep_assign, p1 = _business_seconds(hours, "starts[ep[j]]", "ep_assign[j].1")
-    bh_ep_reply, _ = _business_seconds(hours, "starts[ep[j]]", "ep_reply[j].1")
+    """SQL yielding ``inbox_id``, ``team_id`` and ``items`` (see the module docstring)."""
+    bh_wait, p1 = _business_seconds(hours, "ep.1", "ep.2")
+    bh_reply, _ = _business_seconds(hours, "ep.1", "ep.4")
     bh_res, _ = _business_seconds(hours, "created_at", "r.1")
     empty = f"CAST([] AS {_ITEMS_TYPE})"
     sql = f"""
-WITH
-conv AS ({_conv(_SCOPE)}),
-am AS (
-    SELECT conversation_id, arraySort(groupArray((created_at, seq, sender_id))) AS agent_msgs
-    FROM messages FINAL
-    WHERE tenant_id = {{tenant:String}} AND sender_kind = 'agent' AND created_at >= {_F}
-      AND conversation_id IN ({_SCOPE})
-    GROUP BY conversation_id
-),
-cs AS (
-    SELECT conversation_id, groupArray((occurred_at, rating, agent_id)) AS ratings
-    FROM csat FINAL
-    WHERE tenant_id = {{tenant:String}} AND conversation_id IN ({_SCOPE})
-    GROUP BY conversation_id
-),
-eps AS (
-    SELECT
-        conversation_id, created_at, inbox_id, team_id, agents, starts, assigns, resolves,
-        am.agent_msgs AS agent_msgs,
-        cs.ratings AS ratings,
-        arrayFilter(i -> starts[i] >= {_F} AND starts[i] < {_T}, arrayEnumerate(starts)) AS ep,
-        arrayMap(i -> if(i < length(starts), starts[i + 1], {_FAR}), ep) AS ep_end,
-        arrayMap((i, e) -> arrayFirst(x -> x.1 >= starts[i] AND x.1 < e, assigns),
-                 ep, ep_end) AS ep_assign,
-        arrayMap((i, e) -> arrayFirst(x -> x.1 >= starts[i] AND x.1 < e, agent_msgs),
-                 ep, ep_end) AS ep_reply,
-        arrayFilter(r -> r.1 >= {_F} AND r.1 < {_T}, resolves) AS res_in,
-        arrayFilter(r -> r.1 >= {_F} AND r.1 < {_T}, ratings) AS rated_in
-    FROM conv
-    LEFT JOIN am USING (conversation_id)
-    LEFT JOIN cs USING (conversation_id)
-)
 SELECT
     inbox_id, team_id,
+    arrayFilter(r -> r.1 >= {_F} AND r.1 < {_T}, resolves) AS res_in,
+    arrayFilter(ep -> ep.1 >= {_F} AND ep.1 < {_T}, episodes) AS ep_in,
     arrayConcat(
         if(created_at >= {_F} AND created_at < {_T},
            CAST([('', 'created', 1., -1.)] AS {_ITEMS_TYPE}), {empty}),
         arrayMap(a -> (a, 'handled', 1., -1.), arrayDistinct(arrayMap(x -> x.2,
             arrayFilter(x -> x.1 >= {_F} AND x.1 < {_T} AND x.2 != '', assigns)))),
-        arrayMap(j -> (ep_assign[j].2, 'wait', {_secs("starts[ep[j]]", "ep_assign[j].1")},
-                       {bh_ep_assign}),
-            arrayFilter(j -> ep_assign[j].1 >= starts[ep[j]], arrayEnumerate(ep))),
-        arrayMap(j -> (ep_reply[j].3, 'first_response',
-                       {_secs("starts[ep[j]]", "ep_reply[j].1")},
-                       {bh_ep_reply}),
-            arrayFilter(j -> ep_reply[j].1 >= starts[ep[j]], arrayEnumerate(ep))),
+        arrayMap(ep -> (ep.3, 'wait', {_secs("ep.1", "ep.2")}, {bh_wait}),
+            arrayFilter(ep -> ep.2 >= ep.1, ep_in)),
+        arrayMap(ep -> (ep.5, 'first_response', {_secs("ep.1", "ep.4")}, {bh_reply}),
+            arrayFilter(ep -> ep.4 >= ep.1, ep_in)),
         arrayMap(r -> (r.2, 'resolution', {_secs("created_at", "r.1")}, {bh_res}), res_in),
         if(length(res_in) > 0,
            [(res_in[-1].2, 'resolved', 1., -1.)], {empty}),
         if(length(res_in) > 0 AND length(ratings) > 0,
            [(res_in[-1].2, 'rated_resolved', 1., -1.)], {empty}),
-        arrayMap(r -> (r.3, 'rating', toFloat64(r.2), -1.), rated_in)
+        arrayMap(r -> (r.3, 'rating', toFloat64(r.2), -1.),
+            arrayFilter(r -> r.1 >= {_F} AND r.1 < {_T}, ratings))
     ) AS items
-FROM eps"""
+{_SUMMARY}"""
     return sql, p1
 
 
@@ -274,6 +229,89 @@ def _stats_columns(kind: str) -> str:
         f"quantilesExactInclusiveIf(0.5, 0.9)(v, kind = '{kind}'), "
         f"countIf({bh}), avgIf(bh, {bh}), quantilesExactInclusiveIf(0.5, 0.9)(bh, {bh})"
     )
+
+
+def _business_array(
+    hours: Sequence[BusinessHours], var: str, array: str, a: str, b: str
+) -> tuple[str, dict[str, Any]]:
+    """SQL: business seconds ``a`` -> ``b`` for each ``var`` of ``array``, in the row's inbox.
+
+    An empty array where the inbox has no business hours, so only rows of
+    inboxes with hours pay for the calendar arithmetic.
+    """
+    return _by_inbox(
+        hours,
+        lambda h: (
+            f"arrayMap({var} -> toFloat64("
+            f"{_business_calendar(h, b)} - {_business_calendar(h, a)}), {array})"
+        ),
+        "CAST([] AS Array(Float64))",
+    )
+
+
+def _array_stats(values: str) -> str:
+    return (
+        f"sum(length({values})), avgArray({values}), "
+        f"quantilesExactInclusiveArray(0.5, 0.9)({values})"
+    )
+
+
+def _metrics_sql(key: str, hours: Sequence[BusinessHours]) -> tuple[str, dict[str, Any]]:
+    """One row per ``key`` (a column of the summary, or ``''``): the layout of
+    :func:`_row_to_metrics`, then reply-time statistics.
+
+    Each conversation's values are arrays aggregated with ``-Array``
+    combinators: no row per value is ever made.
+    """
+    bh_wait, parameters = _business_array(hours, "ep", "ep_w", "ep.1", "ep.2")
+    bh_first, _ = _business_array(hours, "ep", "ep_f", "ep.1", "ep.4")
+    bh_res, _ = _business_array(hours, "r", "res_in", "created_at", "r.1")
+    bh_reply, _ = _business_array(hours, "x", "rep_in", "x.1", "x.2")
+    in_range = f"x -> x.1 >= {_F} AND x.1 < {_T}"
+    stats = ",\n    ".join(
+        f"{_array_stats(name)}, {_array_stats(name + '_bh')}"
+        for name in ("wait", "first", "res", "reply")
+    )
+    sql = f"""
+SELECT
+    {key} AS key,
+    countIf(created_at >= {_F} AND created_at < {_T}),
+    countIf(length(res_in) > 0),
+    sum(length(arrayDistinct(arrayMap(x -> x.2,
+        arrayFilter(x -> x.1 >= {_F} AND x.1 < {_T} AND x.2 != '', assigns))))),
+    countIf(length(res_in) > 0 AND length(ratings) > 0),
+    sum(length(rate_in)),
+    sum(arrayCount(x -> x.2 >= 4, rate_in)),
+    {stats}
+FROM (
+    SELECT
+        {key if key != "''" else "1"}, created_at, assigns, ratings,
+        arrayFilter({in_range}, episodes) AS ep_in,
+        arrayFilter(ep -> ep.2 >= ep.1, ep_in) AS ep_w,
+        arrayFilter(ep -> ep.4 >= ep.1, ep_in) AS ep_f,
+        arrayFilter({in_range}, resolves) AS res_in,
+        arrayFilter({in_range}, ratings) AS rate_in,
+        arrayFilter({in_range}, replies) AS rep_in,
+        arrayMap(ep -> {_secs("ep.1", "ep.2")}, ep_w) AS wait,
+        arrayMap(ep -> {_secs("ep.1", "ep.4")}, ep_f) AS first,
+        arrayMap(r -> {_secs("created_at", "r.1")}, res_in) AS res,
+        arrayMap(x -> {_secs("x.1", "x.2")}, rep_in) AS reply,
+        {bh_wait} AS wait_bh,
+        {bh_first} AS first_bh,
+        {bh_res} AS res_bh,
+        {bh_reply} AS reply_bh
+    {_SUMMARY}
+)
+GROUP BY key
+ORDER BY key"""
+    return sql, parameters
+
+
+def _reply_stats(row: Sequence[Any]) -> dict[str, Any]:
+    cells = row[-6:]
+    stats = _stats(*cells[:3])
+    stats["business_hours"] = _stats(*cells[3:])
+    return stats
 
 
 def _grouped_sql(key: str, hours: Sequence[BusinessHours]) -> tuple[str, dict[str, Any]]:
@@ -367,58 +405,17 @@ async def tenant_time_zone(store: Store, tenant_id: str) -> str:
     return zone if valid_time_zone(zone) else "UTC"
 
 
-async def _reply_time(
-    store: Store,
-    flt: ReportFilter,
-    hours: Sequence[BusinessHours],
-    settings: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    scope = f"""
-        SELECT conversation_id FROM messages
-        WHERE tenant_id = {{tenant:String}} AND sender_kind = 'visitor'
-          AND created_at >= {_F} AND created_at < {_T}"""
-    bh, parameters = _business_seconds(hours, "v_at", "nxt.1")
-    sql = f"""
-WITH conv AS ({_conv(scope)})
-SELECT count(), avg(v), quantilesExactInclusive(0.5, 0.9)(v),
-       countIf(bh >= 0), avgIf(bh, bh >= 0), quantilesExactInclusiveIf(0.5, 0.9)(bh, bh >= 0)
-FROM (
-    SELECT {_secs("v_at", "nxt.1")} AS v, {bh} AS bh
-    FROM (
-        SELECT vm.created_at AS v_at, c.inbox_id AS inbox_id,
-               arrayFirst(m -> m.2 > vm.seq, am.agent_msgs) AS nxt
-        FROM (
-            SELECT conversation_id, created_at, seq FROM messages FINAL
-            WHERE tenant_id = {{tenant:String}} AND sender_kind = 'visitor'
-              AND created_at >= {_F} AND created_at < {_T}
-        ) AS vm
-        INNER JOIN conv AS c ON c.conversation_id = vm.conversation_id
-        INNER JOIN (
-            SELECT conversation_id, arraySort(x -> x.2, groupArray((created_at, seq))) AS agent_msgs
-            FROM messages FINAL
-            WHERE tenant_id = {{tenant:String}} AND sender_kind = 'agent' AND created_at >= {_F}
-              AND conversation_id IN ({scope})
-            GROUP BY conversation_id
-        ) AS am ON am.conversation_id = vm.conversation_id
-    )
-    WHERE nxt.2 > 0
-)"""
-    rows = await store.query(sql, {**flt.parameters(), **parameters}, settings)
-    stats = _stats(*rows[0][:3])
-    stats["business_hours"] = _stats(*rows[0][3:])
-    return stats
-
-
 async def overview(
     store: Store, flt: ReportFilter, settings: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Counts, wait / first response / resolution / reply times and CSAT of the range."""
     hours = await business_hours(store, flt.tenant_id)
-    sql, parameters = _grouped_sql("''", hours)
+    sql, parameters = _metrics_sql("''", hours)
     rows = await store.query(sql, {**flt.parameters(), **parameters}, settings)
     metrics = _row_to_metrics(rows[0]) if rows else _empty_metrics()
     metrics.pop("conversations_handled")
-    metrics["reply_time"] = await _reply_time(store, flt, hours, settings)
+    empty_reply = _empty_metrics()["wait_time"]
+    metrics["reply_time"] = _reply_stats(rows[0]) if rows else empty_reply
     return metrics
 
 
@@ -427,8 +424,11 @@ async def breakdown(
 ) -> list[dict[str, Any]]:
     """The overview's metrics for each inbox, team or agent (rows without a key left out)."""
     hours = await business_hours(store, flt.tenant_id)
-    key = {"inbox": "inbox_id", "team": "team_id", "agent": "item_agent"}[by]
-    sql, parameters = _grouped_sql(key, hours)
+    if by == "agent":
+        # Values of one conversation go to different agents: a row per item.
+        sql, parameters = _grouped_sql("item_agent", hours)
+    else:
+        sql, parameters = _metrics_sql(f"{by}_id", hours)
     rows = await store.query(sql, {**flt.parameters(), **parameters}, settings)
     result = []
     for row in rows:
@@ -458,13 +458,15 @@ async def volume(
     tz = await tenant_time_zone(store, flt.tenant_id)
     bucket = _BUCKETS[interval].format(tz=tz)
     sql = f"""
-WITH conv AS ({_conv(_SCOPE)})
 SELECT toUnixTimestamp({bucket}) AS b, countIf(kind = 'created'), countIf(kind = 'resolved')
 FROM (
     SELECT it.1 AS t, it.2 AS kind
-    FROM conv
-    ARRAY JOIN arrayConcat([(created_at, 'created')],
-                           arrayMap(r -> (r.1, 'resolved'), resolves)) AS it
+    FROM (
+        SELECT arrayConcat([(created_at, 'created')],
+                           arrayMap(r -> (r.1, 'resolved'), resolves)) AS its
+        {_SUMMARY}
+    )
+    ARRAY JOIN its AS it
 )
 WHERE t >= {_F} AND t < {_T}
 GROUP BY b ORDER BY b"""
@@ -512,12 +514,10 @@ async def heatmap(
     """Conversations created per weekday (1 = Monday) and hour, in the tenant's time zone."""
     tz = await tenant_time_zone(store, flt.tenant_id)
     sql = f"""
-WITH conv AS ({_conv(_SCOPE)})
 SELECT toDayOfWeek(toTimeZone(created_at, '{tz}')) AS d,
        toHour(toTimeZone(created_at, '{tz}')) AS h,
        count()
-FROM conv
-WHERE created_at >= {_F} AND created_at < {_T}
+{_SUMMARY} AND created_at >= {_F} AND created_at < {_T}
 GROUP BY d, h"""
     rows = await store.query(sql, flt.parameters(), settings)
     counts = {(int(d), int(h)): int(n) for d, h, n in rows}
@@ -546,25 +546,10 @@ async def live(
     sql = """
 SELECT count(), max((toUnixTimestamp64Milli(fromUnixTimestamp64Milli({now_ms:Int64}, 'UTC'))
                      - toUnixTimestamp64Milli(waiting_since)) / 1000)
-FROM (
-    SELECT
-        conversation_id,
-        argMinIf(inbox_id, occurred_at, type = 'conversation.created') AS inbox_id,
-        argMaxIf(team_id, occurred_at, team_id != '') AS team_id,
-        arraySort(groupArray((occurred_at, event_id,
-            type IN ('conversation.created', 'conversation.queued', 'conversation.reopened')
-            OR (type = 'conversation.transferred' AND agent_id = '')))) AS history,
-        arrayMax(arrayMap(x -> if(x.3, toDateTime64(0, 3, 'UTC'), x.1), history)) AS settled_at,
-        arrayMin(arrayMap(x -> x.1, arrayFilter(x -> x.3 AND x.1 > settled_at, history)))
-            AS waiting_since,
-        history[-1].3 AS waiting
-    FROM conversation_events FINAL
-    WHERE tenant_id = {tenant:String}
-    GROUP BY conversation_id
-    HAVING waiting
-       AND ({inbox:String} = '' OR inbox_id = {inbox:String})
-       AND ({team:String} = '' OR team_id = {team:String})
-)"""
+FROM conversation_summary FINAL
+WHERE tenant_id = {tenant:String} AND waiting = 1
+  AND ({inbox:String} = '' OR inbox_id = {inbox:String})
+  AND ({team:String} = '' OR team_id = {team:String})"""
     parameters = {"tenant": tenant_id, "now_ms": _ms(now), "inbox": inbox_id, "team": team_id}
     rows = await store.query(sql, parameters, settings)
     waiting = int(rows[0][0]) if rows else 0
