@@ -17,6 +17,8 @@ const SETTLE = parseInt(__ENV.SETTLE_MS || "5000");
 const PAD = "x".repeat(60);
 
 const latency = new Trend("e2e_latency", true);
+// send -> the sender's ack (the message is committed on its shard): the write path alone.
+const ackLatency = new Trend("ack_latency", true);
 const sent = new Counter("msgs_sent");
 const acked = new Counter("msgs_acked");
 const delivered = new Counter("msgs_delivered");
@@ -40,6 +42,7 @@ function pair(p, state) {
   const visitor = new WebSocket(`${__ENV.POD_A}/ws?ticket=${p.visitor_ticket}`);
   const agent = new WebSocket(`${__ENV.POD_B}/ws?ticket=${p.agent_ticket}`);
   const seen = new Set();
+  const sentAt = new Map(); // client_msg_id -> send time, until its ack
   let n = 0;
   let timer = null;
   let ready = 0;
@@ -57,9 +60,11 @@ function pair(p, state) {
           return;
         }
         n += 1;
+        const clientMsgId = `${p.conversation_id}:${n}`;
+        sentAt.set(clientMsgId, Date.now());
         visitor.send(JSON.stringify({
           type: "send", conversation_id: p.conversation_id,
-          client_msg_id: `${p.conversation_id}:${n}`,
+          client_msg_id: clientMsgId,
           body: `${Date.now()}|${PAD}`,
         }));
         sent.add(1);
@@ -78,7 +83,14 @@ function pair(p, state) {
   visitor.onmessage = (e) => {
     const f = JSON.parse(e.data);
     if (f.type === "subscribed") start();
-    else if (f.type === "ack") acked.add(1);
+    else if (f.type === "ack") {
+      acked.add(1);
+      const at = sentAt.get(f.client_msg_id);
+      if (at !== undefined) {
+        ackLatency.add(Date.now() - at);
+        sentAt.delete(f.client_msg_id);
+      }
+    }
     else if (f.type === "error") errors.add(1);
   };
   // The agent follows docs/protocol.md: it keeps the highest contiguous seq and
