@@ -194,6 +194,34 @@ async def test_moving_a_logical_shard_keeps_every_message_and_seq(cluster: Clust
     await after.shards.close(keep=[cluster.directory_pool, db0, db1])
 
 
+async def test_a_large_shard_is_copied_in_batches_exactly_and_repeatably(
+    cluster: Cluster, pg_databases: Callable[[], Awaitable[str]]
+) -> None:
+    # One logical shard holding everything on db0 (logical_shards=1): seven
+    # conversations in rounds of two, so every round boundary is crossed.
+    conversations = [await cluster.open("db0") for _ in range(7)]
+    for n, conversation in enumerate(conversations):
+        await cluster.say(conversation, *(f"c{n}m{i}" for i in range(n + 1)))
+    await cluster.store.mark_read(conversations[3], conversations[3].visitor_id, 2)
+    db0 = cluster.shards.pool("db0")
+    on_db0 = await db0.fetchval("SELECT count(*) FROM conversations")
+    fresh = await open_database(await pg_databases(), [PLATFORM_MIGRATIONS])
+    try:
+        copied = await copy_shard(db0, fresh, 0, 1, batch=2)
+        assert copied["conversations"] == on_db0 >= 7
+        assert copied["messages"] == await db0.fetchval("SELECT count(*) FROM messages")
+        assert await verify(db0, fresh, 0, 1) == []
+        # Run again (a resumed or repeated copy): nothing doubles, still identical.
+        await cluster.say(conversations[0], "later")
+        await copy_shard(db0, fresh, 0, 1, batch=3)
+        assert await verify(db0, fresh, 0, 1) == []
+        assert await _count(fresh, "messages", conversations[0].id) == 2
+    finally:
+        await fresh.close()
+    with pytest.raises(ValueError, match="batch"):
+        await copy_shard(db0, db0, 0, 1, batch=0)
+
+
 async def test_each_shard_has_its_own_relay_and_they_publish_independently(
     cluster: Cluster, bus_names: BusNames
 ) -> None:

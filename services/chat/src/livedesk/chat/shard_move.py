@@ -21,59 +21,100 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 from collections.abc import Sequence
 
 import asyncpg
 
 from livedesk.chat.settings import ChatSettings
 from livedesk.chat.shards import migrate_shard
-from livedesk.platform.postgres import create_pool
+from livedesk.platform.postgres import Connection, create_pool
 from livedesk.platform.settings import load_settings
 
-__all__ = ["copy_shard", "fence", "main", "purge", "unfence", "verify"]
+__all__ = ["DEFAULT_BATCH", "copy_shard", "fence", "main", "purge", "unfence", "verify"]
 
-# (table, conversation id column, conflict target, update on conflict)
+# (table, conflict target, update on conflict); conversations first, so the
+# rows that reference a conversation never arrive before it.
 _TABLES = (
-    ("conversations", "id", "(id)", True),
-    ("messages", "conversation_id", "(conversation_id, seq)", False),
-    ("read_state", "conversation_id", "(conversation_id, participant_id)", True),
-    ("csat", "conversation_id", "(conversation_id)", False),
+    ("conversations", "(id)", True),
+    ("messages", "(conversation_id, seq)", False),
+    ("read_state", "(conversation_id, participant_id)", True),
+    ("csat", "(conversation_id)", False),
 )
 _FENCED = ("conversations", "messages", "read_state", "csat")
 
+DEFAULT_BATCH = 500
+"""Conversations per copy round: bounds memory and transaction size on large shards."""
+
 
 async def copy_shard(
-    source: asyncpg.Pool, target: asyncpg.Pool, shard: int, logical_shards: int
+    source: asyncpg.Pool,
+    target: asyncpg.Pool,
+    shard: int,
+    logical_shards: int,
+    *,
+    batch: int = DEFAULT_BATCH,
 ) -> dict[str, int]:
     """Copy the shard's rows from ``source`` to ``target``; rows copied per table.
 
     Idempotent and repeatable: messages are inserted if missing, conversation
-    and read-state rows overwritten with the source's.
+    and read-state rows overwritten with the source's. Works through the
+    shard's conversations in id order, ``batch`` at a time (each batch with
+    its messages, read state and CSAT, in one target transaction), so a shard
+    of any size is copied in bounded memory and a failed copy resumes by
+    simply running it again.
     """
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
     await migrate_shard(target)
-    copied: dict[str, int] = {}
-    for table, column, conflict, update in _TABLES:
-        rows = await source.fetch(
-            f"SELECT * FROM {table} WHERE chat_logical_shard({column}, $2) = $1",
-            shard,
-            logical_shards,
-        )
-        copied[table] = len(rows)
-        if not rows:
-            continue
-        columns = list(rows[0].keys())
-        values = ", ".join(f"${i + 1}" for i in range(len(columns)))
-        action = (
-            "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
-            if update
-            else "DO NOTHING"
-        )
-        await target.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
-            f"ON CONFLICT {conflict} {action}",
-            [tuple(r.values()) for r in rows],
-        )
-    return copied
+    copied = dict.fromkeys((table for table, _, _ in _TABLES), 0)
+    after = uuid.UUID(int=0)
+    while True:
+        ids: list[uuid.UUID] = [
+            r["id"]
+            for r in await source.fetch(
+                """SELECT id FROM conversations
+                   WHERE chat_logical_shard(id, $2) = $1 AND id > $3
+                   ORDER BY id LIMIT $4""",
+                shard,
+                logical_shards,
+                after,
+                batch,
+            )
+        ]
+        if not ids:
+            return copied
+        async with target.acquire() as conn, conn.transaction():
+            for table, conflict, update in _TABLES:
+                column = "id" if table == "conversations" else "conversation_id"
+                rows = await source.fetch(
+                    f"SELECT * FROM {table} WHERE {column} = ANY($1::uuid[])", ids
+                )
+                copied[table] += len(rows)
+                if rows:
+                    await _upsert(conn, table, conflict, update, rows)
+        after = ids[-1]
+
+
+async def _upsert(
+    conn: Connection,
+    table: str,
+    conflict: str,
+    update: bool,
+    rows: list[asyncpg.Record],
+) -> None:
+    columns = list(rows[0].keys())
+    values = ", ".join(f"${i + 1}" for i in range(len(columns)))
+    action = (
+        "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
+        if update
+        else "DO NOTHING"
+    )
+    await conn.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) "
+        f"ON CONFLICT {conflict} {action}",
+        [tuple(r.values()) for r in rows],
+    )
 
 
 async def fence(source: asyncpg.Pool, shard: int, logical_shards: int) -> None:
@@ -163,7 +204,7 @@ async def _run(args: argparse.Namespace) -> int:
     target = await create_pool(shard_map.databases[args.to], max_size=2) if args.to else None
     try:
         if args.command == "copy" and target is not None:
-            print(await copy_shard(source, target, shard, n))
+            print(await copy_shard(source, target, shard, n, batch=args.batch))
         elif args.command == "fence":
             await fence(source, shard, n)
         elif args.command == "unfence":
@@ -191,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shard", type=int, required=True, help="the logical shard")
     parser.add_argument("--from", dest="source", help="database name (CHAT_SHARDS) it is on")
     parser.add_argument("--to", help="database name (CHAT_SHARDS) it goes to")
+    parser.add_argument(
+        "--batch", type=int, default=DEFAULT_BATCH, help="conversations per copy round"
+    )
     return asyncio.run(_run(parser.parse_args(argv)))
 
 
