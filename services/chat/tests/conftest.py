@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiobotocore.session import get_session
 from aiohttp.test_utils import TestClient, TestServer
 
 from livedesk.assignment_client import AssignmentClient
 from livedesk.chat.actions import ChatActions
 from livedesk.chat.api_support import ChatContext
 from livedesk.chat.archive import ArchiveReader
-from livedesk.chat.archive_store import open_object_store
+from livedesk.chat.archive_s3 import S3ObjectStore
+from livedesk.chat.archive_store import FileObjectStore, ObjectStore, S3Options
 from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
@@ -68,7 +74,7 @@ async def chat(
     pg_database: str,
     servers: Servers,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    chat_archive: ObjectStore,
 ) -> AsyncIterator[Chat]:
     """A chat app on fresh databases, with two tenants.
 
@@ -79,7 +85,7 @@ async def chat(
     monkeypatch.setenv("LIVEDESK_ENV", "test")
     monkeypatch.setenv("WS_MESSAGES_PER_SECOND", "50")
     monkeypatch.setenv("WS_MESSAGE_BURST", "20")
-    monkeypatch.setenv("ARCHIVE_URL", str(tmp_path / "archive"))
+    monkeypatch.setenv("ARCHIVE_URL", chat_archive.url)
     pool = await open_database(pg_database, [PLATFORM_MIGRATIONS, "livedesk.chat.migrations"])
     if request.param == "two_shards":
         # Two schemas stand in for two databases (CREATE DATABASE costs seconds):
@@ -97,7 +103,7 @@ async def chat(
     # the shared Redis, short TTL, never flushed): it must not change any answer.
     hot = HotCache(redis, ttl=120, prefix=f"test:{uuid7().hex[-16:]}:hot:")
     directory, store = Directory(pool), ConversationStore(pool, shards, hot=hot)
-    archive = open_object_store(settings.archive_url)
+    archive = chat_archive
     actions = ChatActions(
         store, directory, hub, settings.max_message_chars, archive=ArchiveReader(archive)
     )
@@ -133,3 +139,106 @@ async def chat(
     await redis.aclose()
     await shards.close(keep=[pool])
     await pool.close()
+
+
+# --- archive object stores -----------------------------------------------------
+
+# moto's S3 server in a process of its own (it is an HTTP endpoint like any
+# S3-compatible store, not an in-process mock). It binds a free port itself
+# and says which; it stops when its stdin closes, so it also goes away when
+# the test process dies without a teardown.
+_MOTO_SERVER = """
+import sys
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(endpoint URL, bucket) of the S3-compatible store the S3 tests use.
+
+    ``S3_TEST_BUCKET`` (an existing bucket; ``S3_TEST_ENDPOINT`` for MinIO &
+    co., ``S3_TEST_REGION``, credentials from the usual AWS_* variables)
+    points them at a real store, where each test works under a prefix of
+    its own and deletes what it wrote; otherwise a moto server is started.
+    """
+    bucket = os.environ.get("S3_TEST_BUCKET", "")
+    if bucket:
+        yield os.environ.get("S3_TEST_ENDPOINT", ""), bucket
+        return
+    if os.environ.get("S3_TEST_ENDPOINT"):
+        raise RuntimeError("S3_TEST_ENDPOINT also needs S3_TEST_BUCKET (an existing bucket)")
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        port = proc.stdout.readline().strip()  # the server's own word that it listens
+        if not port.isdigit():
+            raise RuntimeError(f"moto server did not start:\n{log_path.read_text()[-4000:]}")
+        yield f"http://127.0.0.1:{int(port)}", ""
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+@pytest.fixture
+async def s3_store(
+    s3_server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[S3ObjectStore]:
+    """An S3 store of this test alone: its own bucket on moto, its own prefix on a real store.
+
+    Two keys a page, so that listing goes through ListObjectsV2 pagination.
+    """
+    endpoint, bucket = s3_server
+    region = os.environ.get("S3_TEST_REGION", "us-east-1")
+    if not bucket:
+        # moto takes any credentials; the store still reads them from the
+        # standard AWS chain, as in production (nothing from ~/.aws here).
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "livedesk-test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "livedesk-test")
+        monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        bucket = f"livedesk-test-{uuid.uuid4().hex[:16]}"
+        async with get_session().create_client(
+            "s3", endpoint_url=endpoint, region_name=region
+        ) as s3:
+            await s3.create_bucket(Bucket=bucket)
+    options = S3Options(endpoint, region)
+    store = S3ObjectStore(bucket, f"livedesk-test/{uuid.uuid4()}", options, list_page_size=2)
+    try:
+        yield store
+    finally:
+        try:
+            for key in await store.list_keys(""):
+                await store.delete(key)
+        finally:
+            await store.aclose()
+
+
+@pytest.fixture
+def chat_archive(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """The chat app's archive: a directory of the test, or (param ``"s3"``) ``s3_store``."""
+    if getattr(request, "param", "file") == "s3":
+        store: ObjectStore = request.getfixturevalue("s3_store")
+        return store
+    return FileObjectStore(tmp_path / "archive")

@@ -1,4 +1,8 @@
-"""Cold data on real PostgreSQL, Redis and the filesystem: archive, erasure, retention."""
+"""Cold data on real PostgreSQL, Redis and the filesystem: archive, erasure, retention.
+
+One test runs the same path on the S3 store (moto's server in its own process,
+or a real store with ``S3_TEST_BUCKET``).
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,18 @@ from typing import Any
 import asyncpg
 import pytest
 
+from livedesk.chat.api_conversations import ACTIONS_KEY
 from livedesk.chat.api_retention import ERASER_KEY
-from livedesk.chat.archive import Archiver
-from livedesk.chat.archive_format import ArchiveCorrupt, Manifest, is_manifest
-from livedesk.chat.archive_store import FileObjectStore, ObjectStore
+from livedesk.chat.archive import Archiver, ArchiveReader
+from livedesk.chat.archive_format import ArchiveCorrupt, Manifest, is_manifest, manifest_key
+from livedesk.chat.archive_s3 import S3ObjectStore
+from livedesk.chat.archive_store import FileObjectStore, ObjectMissing, ObjectStore, S3Options
 from livedesk.chat.hot_cache import HotCache
 from livedesk.chat.service import OPENAPI_TEXT
 from livedesk.chat.testing import Chat
 from livedesk.platform.bus import decode, payload_of
 from livedesk.platform.redis import connect_redis
+from livedesk.platform.testing import free_port
 from livedesk.platform.testing.openapi import OpenApi
 
 SPEC = OpenApi(OPENAPI_TEXT)
@@ -161,6 +168,33 @@ async def test_old_conversations_move_to_the_archive_and_read_back_identically(c
     assert (await _archiver(chat).run_once()).conversations == 0
 
 
+async def test_an_unreachable_archive_is_a_retryable_503_not_a_500(
+    chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, old = await _talk(chat, messages=3)
+    await _age(chat, old, 31)
+    await _archiver(chat).run_once()
+    actions = chat.client.app[ACTIONS_KEY]
+    working = actions.archive
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's standard variable: no retries
+    # A real S3 client aimed at a port nobody listens on: the store is down.
+    down = S3ObjectStore("livedesk-down", "", S3Options(f"http://127.0.0.1:{free_port()}", "x"))
+    actions.archive = ArchiveReader(down)
+    try:
+        status, body = await _call(
+            chat,
+            "GET",
+            f"/api/v1/conversations/{old['id']}/messages",
+            "/api/v1/conversations/{conversation_id}/messages",
+            headers=chat.auth(chat.token()),
+        )
+        assert (status, body["error"]["code"]) == (503, "unavailable")
+    finally:
+        actions.archive = working
+        await down.aclose()
+    assert [m["seq"] for m in (await _history(chat, old))["items"]] == [1, 2, 3]
+
+
 async def test_websocket_subscribe_replays_an_archived_conversation(chat: Chat) -> None:
     visitor, old = await _talk(chat, messages=3)
     await _age(chat, old, 45)
@@ -178,6 +212,51 @@ async def test_websocket_subscribe_replays_an_archived_conversation(chat: Chat) 
         headers=chat.auth(visitor["access_token"]),
     )
     assert resp.status == 409
+
+
+@pytest.mark.parametrize("chat_archive", ["s3"], indirect=True)
+async def test_s3_archive_reads_back_and_erasure_rewrites_the_object(
+    chat: Chat, chat_archive: ObjectStore
+) -> None:
+    assert chat_archive.url.startswith("s3://")
+    assert chat.client.app[ERASER_KEY].archive is chat_archive  # the app reads S3 too
+    visitor, erased = await _talk(chat, messages=3)
+    _, neighbour = await _talk(chat, messages=2)  # archived in the same object
+    for conversation in (erased, neighbour):
+        await _age(chat, conversation, 40)
+    before = {c["id"]: await _history(chat, c) for c in (erased, neighbour)}
+
+    report = await _archiver(chat, chat_archive).run_once()
+
+    assert (report.conversations, report.messages, report.objects) == (2, 5, 1)
+    assert await _rows(chat, erased, "messages") == 0
+    (manifest,) = await _manifests(chat_archive, chat.org.tenant.id)
+    assert len(gzip.decompress(await chat_archive.get(manifest.key)).splitlines()) == 5
+    # Read back from S3 (a ranged GET per conversation), identical to before.
+    for conversation in (erased, neighbour):
+        assert await _history(chat, conversation) == before[conversation["id"]]
+    page = await _history(chat, erased, "?limit=1&after_seq=1")
+    assert [m["seq"] for m in page["items"]] == [2]
+
+    status, erasure = await _call(
+        chat,
+        "POST",
+        f"/api/v1/visitors/{visitor['visitor']['id']}/erasure",
+        "/api/v1/visitors/{visitor_id}/erasure",
+        headers=chat.auth(chat.token()),
+    )
+
+    assert (status, erasure["status"], erasure["messages"]) == (200, "done", 3)
+    (rewritten,) = await _manifests(chat_archive, chat.org.tenant.id)
+    assert rewritten.key != manifest.key
+    assert [e.conversation_id for e in rewritten.conversations] == [neighbour["id"]]
+    for old_key in (manifest.key, manifest_key(manifest.key)):
+        with pytest.raises(ObjectMissing):
+            await chat_archive.get(old_key)
+    text = gzip.decompress(await chat_archive.get(rewritten.key))
+    assert len(text.splitlines()) == 2
+    assert visitor["visitor"]["id"].encode() not in text
+    assert await _history(chat, neighbour) == before[neighbour["id"]]
 
 
 class CorruptingStore(FileObjectStore):

@@ -93,15 +93,17 @@ class ChatActions:
         if self.archive is None:
             raise Unavailable("this conversation is archived and the archive is not configured")
         try:
-            return await self.archive.messages(conversation)
-        except ObjectMissing:
-            # An erasure or retention run rewrote its archive object meanwhile:
-            # the row (primary) now names the new one.
-            fresh = await self.conversations.get(conversation.tenant_id, conversation.id)
             try:
-                return await self.archive.messages(fresh)
+                return await self.archive.messages(conversation)
             except ObjectMissing:
-                raise Unavailable("the archive does not answer; retry shortly") from None
+                # An erasure or retention run rewrote its archive object meanwhile:
+                # the row (primary) now names the new one.
+                fresh = await self.conversations.get(conversation.tenant_id, conversation.id)
+                return await self.archive.messages(fresh)
+        except (ObjectMissing, OSError) as exc:
+            # Missing twice, or a failing disk or S3 endpoint: the history exists
+            # but cannot be read now; a retryable 503 / WS error, never a 500.
+            raise Unavailable("the archive does not answer; retry shortly") from exc
 
     async def open(self, principal: Principal, subject: str, priority: int) -> Conversation:
         """A visitor opens a conversation in their inbox."""

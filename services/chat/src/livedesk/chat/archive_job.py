@@ -19,7 +19,6 @@ import json
 from collections.abc import AsyncIterator
 
 from livedesk.chat.archive import Archiver
-from livedesk.chat.archive_store import open_object_store
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.erasure import Eraser
 from livedesk.chat.settings import ChatSettings
@@ -62,8 +61,8 @@ async def _job(settings: ChatSettings) -> AsyncIterator[tuple[Archiver, Eraser]]
             auto_create=settings.db_auto_create,
             max_size=4,
         )
+        store = settings.open_archive_store()
         try:
-            store = open_object_store(settings.archive_url)
             archiver = Archiver(
                 shards,
                 store,
@@ -72,6 +71,7 @@ async def _job(settings: ChatSettings) -> AsyncIterator[tuple[Archiver, Eraser]]
             )
             yield archiver, Eraser(pool, ConversationStore(pool, shards), store)
         finally:
+            await store.aclose()
             await shards.close(keep=[pool])
     finally:
         await pool.close()

@@ -22,7 +22,6 @@ from livedesk.chat.api_conversations import add_conversation_routes
 from livedesk.chat.api_retention import add_retention_routes
 from livedesk.chat.api_support import CHAT_KEY, ChatContext, chat_errors
 from livedesk.chat.archive import ArchiveReader
-from livedesk.chat.archive_store import open_object_store
 from livedesk.chat.assignment_link import AssignmentLink
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
@@ -180,7 +179,8 @@ async def main(shutdown: Shutdown) -> None:
         if hot is not None and hot.redis is not redis:
             stack.push_async_callback(hot.redis.aclose)
         conversations = ConversationStore(pool, shards, index, hot=hot)
-        archive = open_object_store(settings.archive_url)
+        archive = settings.open_archive_store()
+        stack.push_async_callback(archive.aclose)
         actions = ChatActions(
             conversations,
             directory,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
-from livedesk.chat.archive_store import open_object_store
+from livedesk.chat.archive_store import ObjectStore, S3Options, open_object_store
 from livedesk.chat.shards import ShardMap
 from livedesk.platform.auth import AuthSettings
 from livedesk.platform.settings import AmqpSettings, PostgresSettings, ServiceSettings
@@ -53,12 +55,29 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     archive_after_days: float = Field(30, ge=0, le=36500)
     archive_batch_size: int = Field(200, ge=1, le=10_000)
     archive_interval: float = Field(3600, gt=0, le=7 * 86400)
+    # For ARCHIVE_URL=s3://bucket/prefix; empty: botocore's own chain
+    # (AWS_ENDPOINT_URL_S3, AWS_REGION, ~/.aws/config). Credentials only come
+    # from that chain (AWS_ACCESS_KEY_ID, ..., IRSA), never from LiveDesk settings.
+    archive_s3_endpoint_url: str = Field("", pattern=r"^$|^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    archive_s3_region: str = Field("", pattern=r"^$|^[a-z0-9-]{1,64}$")
+    archive_s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
     @field_validator("archive_url")
     @classmethod
     def _valid_archive_url(cls, value: str) -> str:
-        open_object_store(value)  # ValueError naming ARCHIVE_URL
+        open_object_store(value)  # ValueError naming ARCHIVE_URL; connects to nothing
         return value
+
+    def open_archive_store(self) -> ObjectStore:
+        """The archive's object store (ARCHIVE_URL, ARCHIVE_S3_*); ``aclose`` it at shutdown."""
+        return open_object_store(
+            self.archive_url,
+            S3Options(
+                self.archive_s3_endpoint_url,
+                self.archive_s3_region,
+                self.archive_s3_addressing_style,
+            ),
+        )
 
     @model_validator(mode="after")
     def _valid_shard_map(self) -> ChatSettings:
