@@ -20,6 +20,7 @@ import pytest
 from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.models import Conversation
+from livedesk.chat.replica_lag import REPLICA_LAG_BYTES, ReplicaLagMonitor
 from livedesk.chat.shards import ShardMap, Shards, open_shards
 from livedesk.chat.testing import make_org, visitor_says
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, ensure_database, open_database
@@ -109,6 +110,16 @@ async def test_history_from_the_replica_read_your_writes_while_paused_and_failov
 
         await wait_until(paused, timeout=30, what="replay paused")
         assert await visitor_says(writer, conversation, "four") == [4]
+        # Lag measured: WAL outstanding; over the limit, the replica leaves the rotation.
+        monitor = ReplicaLagMonitor(shards, max_lag=0.0)
+        lag = (await monitor.check_once())[shards.database_of(conversation.id)]
+        assert lag is not None
+        assert lag > 0
+        assert REPLICA_LAG_BYTES.labels(shards.database_of(conversation.id))._value.get() > 0
+        assert shards.replica(conversation.id) is None
+        monitor.max_lag = 3600.0  # a generous limit: back in rotation, lag still measured
+        await monitor.check_once()
+        assert shards.replica(conversation.id) is not None
         assert await _replica_seq(replica_pool, conversation) == 3  # held back
         mine = await writer.messages_after(conversation.id, 0, 50)
         assert [m.seq for m in mine] == [1, 2, 3, 4]  # the writer reads its own write
@@ -122,6 +133,13 @@ async def test_history_from_the_replica_read_your_writes_while_paused_and_failov
         # Replay resumed: the replica catches up and serves the writer too.
         await replica_pool.execute("SELECT pg_wal_replay_resume()")
         await wait_until(lambda: replica_has(4), timeout=30, what="seq 4 on the replica")
+
+        async def caught_up() -> bool:
+            return (await monitor.check_once())[shards.database_of(conversation.id)] == 0.0
+
+        monitor.max_lag = 0.0  # even the strictest limit is met once caught up
+        await wait_until(caught_up, timeout=30, what="no replica lag")
+        assert shards.replica(conversation.id) is not None
         reads = writer.replica_reads
         assert [m.seq for m in await writer.messages_after(conversation.id, 0, 50)] == [1, 2, 3, 4]
         assert writer.replica_reads == reads + 1

@@ -30,6 +30,7 @@ from livedesk.chat.fanout import Hub
 from livedesk.chat.hot_cache import open_hot_cache
 from livedesk.chat.inbound import INBOUND_EVENT_TYPES, RoutingEvents
 from livedesk.chat.index import ConversationIndex, IndexSync
+from livedesk.chat.replica_lag import ReplicaLagMonitor
 from livedesk.chat.settings import ChatSettings
 from livedesk.chat.shards import open_shards
 from livedesk.chat.sockets import SocketRegistry
@@ -175,6 +176,11 @@ async def main(shutdown: Shutdown) -> None:
         index_sync = IndexSync(shards, index, interval=settings.index_sync_interval)
         index_sync.start()
         stack.push_async_callback(index_sync.stop)
+        lag_monitor = ReplicaLagMonitor(
+            shards, max_lag=settings.replica_max_lag, interval=settings.replica_lag_interval
+        )
+        lag_monitor.start()
+        stack.push_async_callback(lag_monitor.stop)
         hot = open_hot_cache(settings, redis)
         if hot is not None and hot.redis is not redis:
             stack.push_async_callback(hot.redis.aclose)

@@ -43,6 +43,8 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     chat_shards: str = ""
     chat_read_replicas: str = ""
     index_sync_interval: float = Field(1.0, gt=0, le=300)
+    replica_max_lag: float = Field(10.0, gt=0, le=3600)
+    replica_lag_interval: float = Field(1.0, gt=0, le=300)
 
     # Hot data: recent messages in Redis (livedesk.chat.hot_cache). 0 messages: off.
     hot_cache_messages: int = Field(100, ge=0, le=10_000)

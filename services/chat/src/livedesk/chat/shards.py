@@ -185,6 +185,7 @@ class Shards:
         self._replicas = dict(replicas or {})
         self.replica_retry_after = replica_retry_after
         self._replica_down_until: dict[str, float] = {}
+        self._replica_lagging: set[str] = set()
 
     def database_of(self, conversation_id: uuid.UUID) -> str:
         """The database name of ``conversation_id``."""
@@ -198,9 +199,30 @@ class Shards:
         """The replica pool of ``conversation_id``'s database: None if there is none,
         or while it is out of rotation after a failure."""
         database = self.map.database_of(conversation_id)
+        if database in self._replica_lagging:
+            return None
         if time.monotonic() < self._replica_down_until.get(database, 0.0):
             return None
         return self._replicas.get(database)
+
+    def replica_databases(self) -> list[str]:
+        """The databases that have a read replica configured."""
+        return list(self._replicas)
+
+    def replica_pool(self, database: str) -> asyncpg.Pool:
+        """The replica pool of ``database`` (in rotation or not)."""
+        return self._replicas[database]
+
+    def replica_lagging(self, database: str) -> bool:
+        """Whether ``database``'s replica is out of rotation for lagging too far."""
+        return database in self._replica_lagging
+
+    def set_replica_lagging(self, database: str, lagging: bool) -> None:
+        """Take ``database``'s replica out of rotation while it lags (or put it back)."""
+        if lagging:
+            self._replica_lagging.add(database)
+        else:
+            self._replica_lagging.discard(database)
 
     def replica_failed(self, conversation_id: uuid.UUID) -> None:
         """Take the replica of ``conversation_id``'s database out of rotation for a while.
