@@ -26,7 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from livedesk.analytics.erasure import ERASURE_TYPES, Eraser, created_visitor, erasure_of
 from livedesk.analytics.metrics import (
+    EVENTS_ERASED,
     EVENTS_IN_FLIGHT,
     EVENTS_INGESTED,
     INGEST_DELAY,
@@ -66,6 +68,10 @@ _TYPE_COLUMN = EVENT_COLUMNS.index("type")
 _TENANT_COLUMN = EVENT_COLUMNS.index("tenant_id")
 _CONVERSATION_COLUMN = EVENT_COLUMNS.index("conversation_id")
 _OCCURRED_COLUMN = EVENT_COLUMNS.index("occurred_at")
+_EVENT_ID_COLUMN = EVENT_COLUMNS.index("event_id")
+_PAYLOAD_COLUMN = EVENT_COLUMNS.index("payload")
+
+Row = tuple[Any, ...]
 
 
 def row_of(env: Envelope, ingested_at: dt.datetime) -> tuple[Any, ...]:
@@ -195,14 +201,29 @@ class Batcher(Generic[T]):
 class EventIngestor:
     """The analytics bus handler: each event becomes a row of ``events``, in batches.
 
+    Erasure events (``visitor.erased``, ``conversation.purged``) are applied
+    instead of stored, and events of an erased conversation are dropped: see
+    ``erasure.py``. Batches are written one at a time (a lock), so an erasure
+    and the late events of its conversations are never stored in between.
+
     Args:
         store: where the rows go.
         batch_size: rows per INSERT at most.
         flush_interval: seconds a row waits at most for its batch to fill.
+        cluster: ClickHouse cluster name (``CLICKHOUSE_CLUSTER``), for the erasures' DELETEs.
     """
 
-    def __init__(self, store: Store, *, batch_size: int, flush_interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        cluster: str | None = None,
+    ) -> None:
         self._store = store
+        self._eraser = Eraser(store, cluster)
+        self._lock = asyncio.Lock()
         self._batcher: Batcher[tuple[Any, ...]] = Batcher(
             self._insert, max_items=batch_size, max_delay=flush_interval
         )
@@ -238,29 +259,82 @@ class EventIngestor:
         finally:
             del self._in_flight[key]
 
-    async def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    async def _insert(self, rows: list[Row]) -> None:
         try:
-            await self._store.insert("events", rows, EVENT_COLUMNS)
-            # Before the batch is acked: a crash here redelivers it, and the
-            # re-computation runs again then.
-            await refresh_conversations(
-                self._store,
-                (
-                    (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN])
-                    for r in rows
-                    if r[_CONVERSATION_COLUMN] and touches_summary(r[_TYPE_COLUMN])
-                ),
-            )
+            async with self._lock:
+                stored = await self._store_batch(rows)
         except Exception as exc:
             log.warning("ingest_insert_failed", rows=len(rows), error=str(exc))
             raise
-        LAST_FLUSH_ROWS.set(len(rows))
+        LAST_FLUSH_ROWS.set(len(stored))
         now = time.time()
         for row in rows:
             INGEST_DELAY.observe(max(0.0, now - row[_OCCURRED_COLUMN].timestamp()))
-        for event_type, count in collections.Counter(r[_TYPE_COLUMN] for r in rows).items():
-            EVENTS_INGESTED.labels(event_type).inc(count)
-        log.debug("ingest_flushed", rows=len(rows))
+        kept = {id(r) for r in stored}
+        counts = collections.Counter((r[_TYPE_COLUMN], id(r) in kept) for r in rows)
+        for (event_type, was_stored), count in counts.items():
+            (EVENTS_INGESTED if was_stored else EVENTS_ERASED).labels(event_type).inc(count)
+        log.debug("ingest_flushed", rows=len(stored), erased=len(rows) - len(stored))
+
+    async def _store_batch(self, rows: list[Row]) -> list[Row]:
+        """Apply the batch's erasures, store its other rows unless erased; the rows stored."""
+        erasures = [
+            erasure_of(
+                r[_TYPE_COLUMN],
+                r[_TENANT_COLUMN],
+                r[_CONVERSATION_COLUMN],
+                r[_PAYLOAD_COLUMN],
+                r[_EVENT_ID_COLUMN],
+            )
+            for r in rows
+            if r[_TYPE_COLUMN] in ERASURE_TYPES
+        ]
+        if erasures:
+            await self._eraser.erase([e for e in erasures if e is not None])
+        # Erasures first: a late event in the same batch as its erasure is dropped too.
+        stored = await self._unerased(
+            [r for r in rows if r[_TYPE_COLUMN] not in ERASURE_TYPES], stored=False
+        )
+        if not stored:
+            return stored
+        await self._store.insert("events", stored, EVENT_COLUMNS)
+        # Before the batch is acked: a crash here redelivers it, and the
+        # re-computation runs again then.
+        await refresh_conversations(
+            self._store,
+            (
+                (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN])
+                for r in stored
+                if r[_CONVERSATION_COLUMN] and touches_summary(r[_TYPE_COLUMN])
+            ),
+        )
+        # Another replica may have erased one of these conversations since the
+        # screen above: its DELETE ran before these rows existed, so delete them.
+        return await self._unerased(stored, stored=True)
+
+    async def _unerased(self, rows: list[Row], *, stored: bool) -> list[Row]:
+        """``rows`` without those of erased conversations (deleting them if ``stored``)."""
+        conversations = [
+            (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN]) for r in rows if r[_CONVERSATION_COLUMN]
+        ]
+        if not conversations:
+            return rows
+        created = [
+            (
+                (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN]),
+                (r[_TENANT_COLUMN], created_visitor(r[_PAYLOAD_COLUMN])),
+            )
+            for r in rows
+            if r[_TYPE_COLUMN] == "conversation.created" and r[_CONVERSATION_COLUMN]
+        ]
+        found = await self._eraser.screen(conversations, created)
+        # An erased visitor's conversation chat did not list: events of it stored
+        # before its conversation.created arrived are deleted now.
+        await self._eraser.delete_rows(found.erased if stored else found.newly_erased)
+        if not found.erased:
+            return rows
+        log.info("late_events_dropped", conversations=len(found.erased), stored=stored)
+        return [r for r in rows if (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN]) not in found.erased]
 
     async def close(self) -> None:
         """Write the rows still waiting, then accept no more."""

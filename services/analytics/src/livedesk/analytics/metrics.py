@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "EVENTS_ERASED",
     "EVENTS_INGESTED",
     "EVENTS_IN_FLIGHT",
     "INGEST_DELAY",
@@ -17,6 +18,12 @@ __all__ = [
 EVENTS_INGESTED = Counter(
     "livedesk_analytics_events_ingested_total",
     "Events written to ClickHouse, by type (a redelivered event counts again).",
+    ["type"],
+)
+EVENTS_ERASED = Counter(
+    "livedesk_analytics_events_erased_total",
+    "Events handled without a row in ClickHouse, by type: erasures applied (visitor.erased,"
+    " conversation.purged) and events of an erased conversation, dropped on arrival.",
     ["type"],
 )
 LAST_FLUSH_ROWS = Gauge(

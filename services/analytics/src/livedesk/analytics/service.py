@@ -80,6 +80,7 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown, verifier: TokenVe
             store,
             batch_size=settings.ingest_batch_size,
             flush_interval=settings.ingest_flush_interval,
+            cluster=settings.clickhouse_cluster,
         )
         stack.push_async_callback(ingestor.close)
         consumer = EventConsumer(
