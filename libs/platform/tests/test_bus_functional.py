@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import structlog
@@ -13,7 +16,10 @@ from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
 from livedesk.platform.bus import (
     DUPLICATE,
     Envelope,
+    EventConsumer,
     EventPublisher,
+    Handler,
+    QueueTopology,
     connect,
     new_event,
     payload_of,
@@ -297,3 +303,199 @@ async def test_consumer_resumes_after_its_connection_is_cut(
     finally:
         await consumer_conn.close()
         await proxy.close()
+
+
+# Batched acks: every delivery acked exactly once, only when settled, never lost.
+
+
+def make_consumer(
+    connection: AbstractRobustConnection,
+    names: BusNames,
+    handler: Handler,
+    *,
+    concurrency: int,
+    prefetch: int,
+    ack_delay: float = 0.005,
+) -> EventConsumer:
+    return EventConsumer(
+        connection,
+        exchange_name=names.exchange,
+        topology=QueueTopology(names.queue("acks"), retry_delays_ms=(50, 100)),
+        event_types=["conversation.created"],
+        handler=handler,
+        prefetch=prefetch,
+        concurrency=concurrency,
+        ack_delay=ack_delay,
+    )
+
+
+@asynccontextmanager
+async def consuming(consumer: EventConsumer) -> AsyncIterator[None]:
+    """``consumer`` started (queues declared and bound), and stopped on exit."""
+    await consumer.start()
+    try:
+        yield
+    finally:
+        await consumer.stop()
+
+
+async def queue_depths(connection: AbstractRobustConnection, consumer: EventConsumer) -> list[int]:
+    """Ready messages of the main and retry queues (unacked ones are not counted)."""
+    channel = await connection.channel()
+    try:
+        topo = consumer.topology
+        names = [topo.name, *(topo.retry(i) for i in range(len(topo.retry_delays_ms)))]
+        depths = []
+        for name in names:
+            queue = await channel.declare_queue(name, passive=True)
+            depths.append(queue.declaration_result.message_count or 0)
+        return depths
+    finally:
+        await channel.close()
+
+
+async def _has(counter: Counter[str], events: list[Envelope]) -> bool:
+    return all(counter[e.event_id] >= 1 for e in events)
+
+
+async def test_every_delivery_is_acked_exactly_once_and_the_queue_drains(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    handled: Counter[str] = Counter()
+    rng = random.Random(7)
+
+    async def handler(env: Envelope) -> None:
+        # Finish out of delivery order, as concurrent handlers do.
+        for _ in range(rng.randrange(5)):
+            await asyncio.sleep(0)
+        handled[env.event_id] += 1
+
+    consumer = make_consumer(connection, bus_names, handler, concurrency=8, prefetch=32)
+    events = [created(f"inbox-{i}") for i in range(400)]
+    async with consuming(consumer):
+        for i in range(0, len(events), 100):
+            await publisher.publish_many(events[i : i + 100])
+        await wait_until(lambda: _has(handled, events), timeout=30, what="all handled")
+        await wait_until(
+            lambda: _equals(consumer.acks.acked, len(events)), timeout=10, what="all acked"
+        )
+    # Acked exactly once: an ack of an unknown or already acked tag closes the channel and
+    # every unacked delivery comes again; an ack missing leaves it in the queue after stop.
+    assert set(handled.values()) == {1}
+    assert consumer.acks.acked == len(events)
+    assert await queue_depths(connection, consumer) == [0, 0, 0]
+
+
+async def test_failure_in_the_middle_of_a_batch_is_retried_while_its_neighbours_are_acked(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    events = [created(f"inbox-{i}") for i in range(60)]
+    flaky, poison = events[20], events[40]
+    attempts: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+
+    async def handler(env: Envelope) -> None:
+        attempts[env.event_id] += 1
+        if env.event_id == poison.event_id:
+            raise RuntimeError("poison")
+        if env.event_id == flaky.event_id and attempts[env.event_id] == 1:
+            raise RuntimeError("flaky once")
+        done[env.event_id] += 1
+
+    consumer = make_consumer(connection, bus_names, handler, concurrency=8, prefetch=32)
+    async with consuming(consumer):
+        await publisher.publish_many(events)
+        dead = await get_one(connection, consumer.topology.dead_letter)
+        good = [e for e in events if e is not poison]
+        await wait_until(lambda: _has(done, good), timeout=30, what="all but poison handled")
+        # 59 handled + 3 tries of the poison + 1 failed try of the flaky one, each acked.
+        await wait_until(lambda: _equals(consumer.acks.acked, 63), timeout=10, what="acks")
+
+    assert dead.message_id == poison.event_id
+    assert dead.headers[REASON_HEADER] == "handler_failed"
+    assert attempts[poison.event_id] == 3  # first try + two delayed retries
+    assert attempts[flaky.event_id] == 2
+    assert set(done.values()) == {1}
+    assert all(attempts[e.event_id] == 1 for e in events if e not in (flaky, poison))
+    assert await queue_depths(connection, consumer) == [0, 0, 0]
+
+
+async def test_connection_cut_with_acks_pending_means_redelivery_not_loss(
+    publisher: EventPublisher, bus_names: BusNames, connection: AbstractRobustConnection
+) -> None:
+    events = [created(f"inbox-{i}") for i in range(10)]
+    release = asyncio.Event()
+    handled: Counter[str] = Counter()
+    handled_after_cut: set[str] = set()
+    cut = False
+
+    async def handler(env: Envelope) -> None:
+        # The first delivery holds the watermark below every other one, so their acks
+        # wait (the delay is an hour: nobody acks them singly either).
+        if env.event_id == events[0].event_id and handled[env.event_id] == 0:
+            await release.wait()
+        handled[env.event_id] += 1
+        if cut:
+            handled_after_cut.add(env.event_id)
+
+    proxy = await TcpProxy("127.0.0.1", 5672).start()
+    conn = await connect(bus_names.amqp_url.replace(":5672", f":{proxy.port}"), "test-acks-cut")
+    consumer = make_consumer(conn, bus_names, handler, concurrency=16, prefetch=32, ack_delay=3600)
+    try:
+        async with consuming(consumer):
+            await publisher.publish_many(events)
+            await wait_until(
+                lambda: _has(handled, events[1:]), timeout=20, what="all but the first handled"
+            )
+            assert consumer.acks.acked == 0  # pending, not sent
+
+            proxy.cut()
+            cut = True
+            await wait_until(lambda: _is_down(conn), timeout=10, what="cut noticed")
+            release.set()  # its ack has no channel left to go to
+            proxy.heal()
+            await wait_until(
+                lambda: _contains(handled_after_cut, {e.event_id for e in events}),
+                timeout=40,
+                what="all redelivered",
+            )
+        assert all(handled[e.event_id] >= 2 for e in events[1:])  # before and after the cut
+        assert await queue_depths(connection, consumer) == [0, 0, 0]
+    finally:
+        await conn.close()
+        await proxy.close()
+
+
+async def test_nothing_handled_is_left_unacked_after_stop(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    handled: Counter[str] = Counter()
+
+    async def handler(env: Envelope) -> None:
+        handled[env.event_id] += 1
+
+    events = [created(f"inbox-{i}") for i in range(20)]
+    consumer = make_consumer(
+        connection, bus_names, handler, concurrency=4, prefetch=64, ack_delay=3600
+    )
+    async with consuming(consumer):
+        await publisher.publish_many(events)
+        await wait_until(lambda: _has(handled, events), timeout=20, what="all handled")
+    assert consumer.acks.acked == len(events)
+    assert await queue_depths(connection, consumer) == [0, 0, 0]
+    # Nothing comes back to a new consumer of the same queue.
+    again: list[str] = []
+
+    async def record(env: Envelope) -> None:
+        again.append(env.event_id)
+
+    second = make_consumer(connection, bus_names, record, concurrency=1, prefetch=8)
+    async with consuming(second):
+        last = created("last")
+        await publisher.publish(last)
+        await wait_until(lambda: _equals(len(again), 1), timeout=20, what="new event")
+    assert again == [last.event_id]
+
+
+async def _equals(value: int, expected: int) -> bool:
+    return value == expected

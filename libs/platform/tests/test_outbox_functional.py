@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractRobustConnection
@@ -10,6 +12,7 @@ from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
 from livedesk.contracts.events.v1.csat_pb2 import CsatSubmitted
 from livedesk.platform.bus import Envelope, EventPublisher, connect, new_event
 from livedesk.platform.bus.outbox import Outbox, OutboxRelay
+from livedesk.platform.bus.publisher import EncodedEvent
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import create_pool, migrate
 from livedesk.platform.testing import TcpProxy, wait_until
@@ -169,6 +172,94 @@ async def test_unroutable_event_does_not_hold_back_others_and_is_parked(
             await wait_until(parked, timeout=20, what="unroutable event parked")
             await wait_until(lambda: _empty_outbox(pool), timeout=10, what="outbox emptied")
         assert received == [e.event_id for e in after]
+    finally:
+        await relay.stop()
+        await pool.close()
+
+
+class _HeldPublisher(EventPublisher):
+    """A real publisher whose caller learns of one event's confirm only when released."""
+
+    held_id = ""
+    release: asyncio.Event
+
+    async def publish_encoded(self, event: EncodedEvent) -> None:
+        await super().publish_encoded(event)
+        if event.event_id == self.held_id:
+            await self.release.wait()
+
+
+async def test_next_round_goes_out_while_confirms_are_awaited_and_rows_go_only_after_theirs(
+    connection: AbstractRobustConnection, bus_names: BusNames, pg_database: str
+) -> None:
+    pool = await create_pool(pg_database)
+    received: list[str] = []
+    events = [created(i) for i in range(20)]
+    release = asyncio.Event()
+
+    async def handler(env: Envelope) -> None:
+        received.append(env.event_id)
+
+    async def make_publisher() -> EventPublisher:
+        pub = await _HeldPublisher.create(connection, bus_names.exchange, timeout=5)
+        assert isinstance(pub, _HeldPublisher)
+        pub.held_id, pub.release = events[1].event_id, release
+        return pub
+
+    relay = OutboxRelay(
+        pg_database, make_publisher, batch_size=5, poll_interval=0.2, rounds_in_flight=2
+    )
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        async with running_consumer(connection, bus_names, handler):
+            async with pool.acquire() as conn, conn.transaction():
+                await Outbox.add(conn, events)
+            relay.start()
+            # Round 1 (events 0-4) waits for a confirm; round 2 (5-9) is already out.
+            await wait_until(lambda: _at_least(received, 10), timeout=20, what="two rounds out")
+            # Neither is marked published: round 1 lacks a confirm, round 2 settles after it.
+            assert await _pending(pool, 20)
+            assert received == [e.event_id for e in events[:10]]  # no third round in flight
+
+            release.set()
+            await wait_until(lambda: _at_least(received, 20), timeout=20, what="the rest")
+            await wait_until(lambda: _empty_outbox(pool), timeout=10, what="outbox emptied")
+        assert received == [e.event_id for e in events]
+        assert relay.published == 20
+    finally:
+        release.set()
+        await relay.stop()
+        await pool.close()
+
+
+async def test_many_overlapping_rounds_keep_commit_order_and_lose_nothing(
+    connection: AbstractRobustConnection, bus_names: BusNames, pg_database: str
+) -> None:
+    pool = await create_pool(pg_database)
+    received: list[str] = []
+
+    async def handler(env: Envelope) -> None:
+        received.append(env.event_id)
+
+    async def make_publisher() -> EventPublisher:
+        return await EventPublisher.create(connection, bus_names.exchange, timeout=5)
+
+    relay = OutboxRelay(
+        pg_database, make_publisher, batch_size=13, poll_interval=0.2, rounds_in_flight=3
+    )
+    committed = [created(i) for i in range(600)]
+    try:
+        await migrate(pool, "livedesk.platform.migrations")
+        async with running_consumer(connection, bus_names, handler):
+            relay.start()
+            # Commits keep coming while rounds are in flight (one transaction at a time,
+            # so ids follow commit order).
+            for i in range(0, len(committed), 4):
+                async with pool.acquire() as conn, conn.transaction():
+                    await Outbox.add(conn, committed[i : i + 4])
+            await wait_until(lambda: _at_least(received, 600), timeout=60, what="all relayed")
+            await wait_until(lambda: _empty_outbox(pool), timeout=10, what="outbox emptied")
+        assert received == [e.event_id for e in committed]
     finally:
         await relay.stop()
         await pool.close()

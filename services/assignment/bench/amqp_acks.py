@@ -5,7 +5,11 @@
 Evidence for the platform changes recommended in docs/benchmarks/assignment.md:
 publishes N events with ``EventPublisher.publish_each`` (the outbox relay's way),
 then consumes them acking every message, then again acking every 100th with
-``multiple=True``. Uses the local RabbitMQ (AMQP_URL); removes what it declares.
+``multiple=True``; then through the platform's ``EventConsumer`` (whatever
+version is imported: ``PYTHONPATH=<copy of libs/platform/src>`` measures
+another) with a handler that does nothing, at concurrency 1 (prefetch 64) and
+256 (prefetch 256, the assignment service's). Uses the local RabbitMQ
+(AMQP_URL); removes what it declares.
 """
 
 from __future__ import annotations
@@ -13,18 +17,28 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationAssigned
-from livedesk.platform.bus import EventPublisher, connect, new_event
+from livedesk.platform.bus import (
+    Envelope,
+    EventConsumer,
+    EventPublisher,
+    QueueTopology,
+    connect,
+    new_event,
+)
 from livedesk.platform.ids import uuid7_str
+from livedesk.platform.logging import configure_logging
 
 URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 N = 5000
 
 
 async def main() -> None:
+    configure_logging("bench", "WARNING", "console")  # no per-event debug lines in the measure
     conn = await connect(URL, "bench-acks")
     exchange = f"bench.acks.{uuid7_str()[-8:]}"
     ch = await conn.channel()
@@ -78,10 +92,61 @@ async def main() -> None:
         print(f"consume, ack {mode}: {cpu / N * 1e6:.0f} us cpu/msg, {N / wall:.0f} msgs/s")
         await cq.cancel(tag)
         await cch.close()
+    for concurrency, prefetch in ((1, 64), (256, 256)):
+        await platform_consumer(conn, exchange, publish, concurrency, prefetch)
     await publisher.close()
     await queue.delete(if_unused=False, if_empty=False)
+    for name in (f"{exchange}.c", f"{exchange}.c.dlq"):
+        await ch.queue_delete(name)
     await ch.exchange_delete(exchange)
     await conn.close()
+
+
+async def platform_consumer(
+    conn: aio_pika.abc.AbstractRobustConnection,
+    exchange: str,
+    publish: Callable[[], Awaitable[tuple[float, float]]],
+    concurrency: int,
+    prefetch: int,
+) -> None:
+    """Client CPU per message consumed by EventConsumer (queued first, then drained)."""
+    got = 0
+    done = asyncio.Event()
+
+    async def handler(env: Envelope) -> None:
+        nonlocal got
+        got += 1
+        if got == N:
+            done.set()
+
+    def consumer() -> EventConsumer:
+        return EventConsumer(
+            conn,
+            exchange_name=exchange,
+            topology=QueueTopology(f"{exchange}.c", retry_delays_ms=()),
+            event_types=["conversation.*"],
+            handler=handler,
+            prefetch=prefetch,
+            concurrency=concurrency,
+        )
+
+    declare = consumer()  # declares and binds the queue, so the events wait in it
+    await declare.start()
+    await declare.stop()
+    await publish()
+    await asyncio.sleep(1)  # the queue's own work on the new messages, outside the measure
+    cpu, start = time.process_time(), time.perf_counter()
+    c = consumer()
+    await c.start()
+    await done.wait()
+    await c.stop()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - start
+    acks = getattr(c, "acks", None)  # absent in versions that ack each delivery
+    print(
+        f"EventConsumer concurrency {concurrency} prefetch {prefetch}: "
+        f"{cpu / N * 1e6:.0f} us cpu/msg, {N / wall:.0f} msgs/s, "
+        f"{acks.frames if acks else N} ack frames"
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 - :class:`EventPublisher`: persistent, mandatory, publisher-confirmed; raises
   :class:`~livedesk.platform.errors.PublishError` for anything not confirmed.
 - :class:`EventConsumer`: a durable quorum queue per consuming service, manual
-  ack after the handler, bounded prefetch, delayed bounded retries, and a
-  dead-letter queue for poison events.
+  ack after the handler (batched: ``bus.acks``), bounded prefetch, delayed
+  bounded retries, and a dead-letter queue for poison events.
 - ``bus.idempotency.PgIdempotency`` makes a handler run once per ``event_id``.
 - ``bus.outbox.Outbox`` / ``OutboxRelay``: events written in the same PostgreSQL
   transaction as the state they describe, then published with confirms.

@@ -3,8 +3,13 @@
 Writers call :meth:`Outbox.add` inside their own transaction. The
 :class:`OutboxRelay` (one active per database, chosen by an advisory lock)
 publishes committed rows in id order with confirms and deletes them only
-after the broker confirmed. While RabbitMQ is unreachable the rows wait; the
-relay catches up when it returns. Delivery is at-least-once.
+after the broker confirmed. With ``rounds_in_flight`` > 1, rounds overlap:
+the next round is selected and published while earlier ones await their
+confirms (one channel, so the broker receives them in order), and rounds are
+settled in order. The default is 1 (one round at a time): overlapping showed
+no clear gain on the shared 2-core machine (docs/benchmarks/assignment.md).
+While RabbitMQ is unreachable the rows wait; the relay catches up when it
+returns. Delivery is at-least-once.
 
 An event the broker returns as unroutable (no queue bound to its type, e.g.
 while consumers are still starting) is retried with backoff without holding
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -64,6 +71,13 @@ class Outbox:
             await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
 
 
+class _Round(NamedTuple):
+    """Rows being published and, when their confirms are in, each one's outcome."""
+
+    rows: list[asyncpg.Record]
+    outcomes: asyncio.Future[list[PublishError | None]]
+
+
 class OutboxRelay:
     """Publishes outbox rows in order; runs until :meth:`stop`.
 
@@ -81,6 +95,7 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         retry_interval: float = 1.0,
         unroutable_attempts: int = 20,
+        rounds_in_flight: int = 1,
     ) -> None:
         self._dsn = dsn
         self._connect_publisher = connect_publisher
@@ -89,6 +104,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
         self._unroutable_attempts = unroutable_attempts
+        self._rounds_in_flight = max(1, rounds_in_flight)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +150,7 @@ class OutboxRelay:
 
     async def _lead(self) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=10)
+        in_flight: deque[_Round] = deque()
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
                 # Another pod relays this database; take over if it goes away.
@@ -141,45 +158,115 @@ class OutboxRelay:
                     return
             await conn.add_listener(CHANNEL, self._on_notify)
             log.info("outbox_relay_leading")
-            while True:
-                sent = await self._relay_batch(conn)
-                if sent < 0:  # broker trouble: wait, then retry the same rows
-                    if await self._pause(self._retry_interval):
-                        return
-                elif sent < self._batch_size:
-                    if self._stopping.is_set():
-                        return
-                    await self._pause(self._poll_interval)
+            await self._relay(conn, in_flight)
         finally:
+            # Left by an error or a cancel: the rows of rounds not settled stay in the
+            # table and go out again (at-least-once).
+            for round_ in in_flight:
+                round_.outcomes.cancel()
+            await asyncio.gather(*(r.outcomes for r in in_flight), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
 
-    async def _relay_batch(self, conn: asyncpg.Connection) -> int:
-        """Publish one batch; rows handled, or -1 when the broker is in trouble."""
-        self._wake.clear()
-        rows = await conn.fetch(
-            """SELECT id, event_id, routing_key, body, attempts FROM outbox
-               WHERE next_attempt_at <= now()
-               ORDER BY id LIMIT $1""",
+    async def _relay(self, conn: asyncpg.Connection, in_flight: deque[_Round]) -> None:
+        """Select, publish and settle rounds, up to ``rounds_in_flight`` awaiting confirms.
+
+        The next round is selected and published while the previous one waits for its
+        confirms (on the same channel, so the broker gets them in order); rounds are
+        settled (confirmed rows deleted) in order, and a row is never deleted before
+        its confirm. Until then no later round selects it again.
+        """
+        more = True  # rows may be waiting: select without waiting for a notify
+        while True:
+            more = more or self._wake.is_set()
+            if more and len(in_flight) < self._rounds_in_flight:
+                self._wake.clear()
+                rows = await self._fetch(conn, in_flight)
+                more = len(rows) >= self._batch_size
+                if rows:
+                    round_ = await self._start_round(rows)
+                    if round_ is None:  # broker unreachable: wait, then retry the same rows
+                        if await self._pause(self._retry_interval):
+                            return
+                        more = True
+                        continue
+                    in_flight.append(round_)
+                continue
+            if in_flight:
+                head = in_flight[0]
+                if not head.outcomes.done():
+                    await self._confirms_or_wake(head, room=len(in_flight) < self._rounds_in_flight)
+                if not head.outcomes.done():
+                    continue  # woken with room for another round
+                in_flight.popleft()
+                if not await self._settle(conn, head):
+                    # Broker trouble: settle what is in flight, wait, then start over.
+                    while in_flight:
+                        await self._settle(conn, in_flight.popleft())
+                    if await self._pause(self._retry_interval):
+                        return
+                    more = True
+                continue
+            if self._stopping.is_set():
+                return
+            await self._pause(self._poll_interval)
+            more = True
+
+    async def _fetch(
+        self, conn: asyncpg.Connection, in_flight: deque[_Round]
+    ) -> list[asyncpg.Record]:
+        """Rows due, in id order, except the id range of the rounds in flight."""
+        low = min((r.rows[0]["id"] for r in in_flight), default=0)
+        high = max((r.rows[-1]["id"] for r in in_flight), default=0)
+        # Two index range scans: one filter would walk over every row in flight.
+        rows: list[asyncpg.Record] = await conn.fetch(
+            """SELECT * FROM (
+                   (SELECT id, event_id, routing_key, body, attempts FROM outbox
+                    WHERE next_attempt_at <= now() AND id < $2 ORDER BY id LIMIT $1)
+                   UNION ALL
+                   (SELECT id, event_id, routing_key, body, attempts FROM outbox
+                    WHERE next_attempt_at <= now() AND id > $3 ORDER BY id LIMIT $1)
+               ) due ORDER BY id LIMIT $1""",
             self._batch_size,
+            low,
+            high,
         )
         OUTBOX_PENDING.set(len(rows))
-        if not rows:
-            return 0
+        return rows
+
+    async def _start_round(self, rows: list[asyncpg.Record]) -> _Round | None:
+        """Publish ``rows`` (confirms awaited in the background); None: broker unreachable."""
         if self._publisher is None:
             try:
                 self._publisher = await self._connect_publisher()
             except DependencyError as exc:
                 log.warning("outbox_broker_unreachable", error=str(exc), pending=len(rows))
-                return -1
+                return None
         # Rows were validated when written; they go out as they are, without decoding.
-        sendable = list(rows)
-        done: list[int] = []
         events = [EncodedEvent(str(r["event_id"]), r["routing_key"], r["body"]) for r in rows]
-        outcomes = await self._publisher.publish_each(events)
+        outcomes = asyncio.ensure_future(self._publisher.publish_each(events))
+        # Let the round's publishes write their frames before the next round's.
+        await asyncio.sleep(0)
+        return _Round(rows, outcomes)
+
+    async def _confirms_or_wake(self, head: _Round, *, room: bool) -> None:
+        """Wait for ``head``'s confirms, or (with room for another round) a notify."""
+        if not room:
+            await asyncio.wait([head.outcomes])
+            return
+        woken = asyncio.ensure_future(self._wake.wait())
+        waiters: list[asyncio.Future[Any]] = [head.outcomes, woken]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+
+    async def _settle(self, conn: asyncpg.Connection, round_: _Round) -> bool:
+        """Delete the confirmed rows of a round, defer the unroutable; False on broker trouble."""
+        done: list[int] = []
         unroutable = []
         trouble: PublishError | None = None
-        for row, outcome in zip(sendable, outcomes, strict=True):
+        for row, outcome in zip(round_.rows, await round_.outcomes, strict=True):
             if outcome is None:
                 done.append(row["id"])
             elif isinstance(outcome, UnroutableError):
@@ -191,9 +278,11 @@ class OutboxRelay:
         if unroutable:
             await self._defer(conn, unroutable)
         if trouble is not None:
-            log.warning("outbox_publish_failed", error=str(trouble), pending=len(rows) - len(done))
-            return -1
-        return len(rows)
+            log.warning(
+                "outbox_publish_failed", error=str(trouble), pending=len(round_.rows) - len(done)
+            )
+            return False
+        return True
 
     async def _defer(self, conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:
         """Retry unroutable events later without holding back the rest; park them at last."""
