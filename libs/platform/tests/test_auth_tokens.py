@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import time
 
 import jwt
 import pytest
@@ -18,6 +19,7 @@ from livedesk.platform.auth import (
     load_issuer,
     load_verifier,
 )
+from livedesk.platform.auth.keys import DEV_KEY_ID
 from livedesk.platform.errors import ConfigError
 
 HOUR = dt.timedelta(hours=1)
@@ -60,6 +62,47 @@ def test_expired_token_is_refused(issuer: TokenIssuer, verifier: TokenVerifier) 
 def test_wrong_type_is_refused(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
     with pytest.raises(TokenError, match="access"):
         verifier.verify(_token(issuer, token_type="refresh"))
+
+
+def _refusal(verifier: TokenVerifier, token: str) -> str | None:
+    try:
+        verifier.verify(token)
+    except TokenError as exc:
+        return str(exc)
+    return None
+
+
+def test_a_cached_token_is_refused_once_it_expires(issuer: TokenIssuer) -> None:
+    verifier = load_verifier(AuthSettings(livedesk_env="test"))
+    # exp 3.5 s ago: still inside the 5 s leeway now, outside it within ~2 s.
+    token = _token(issuer, ttl=HOUR, now=dt.datetime.now(dt.UTC) - HOUR - dt.timedelta(seconds=3.5))
+    assert verifier.verify(token).subject == "agent-1"
+    assert verifier.cached == 1
+    assert verifier.verify(token).subject == "agent-1"  # from the cache
+    deadline = time.monotonic() + 10
+    while (refusal := _refusal(verifier, token)) is None:  # polled, with a deadline
+        assert time.monotonic() < deadline, "a cached token outlived its exp"
+        time.sleep(0.05)
+    assert "expired" in refusal
+    assert verifier.cached == 0
+
+
+def test_a_cached_token_still_has_to_be_of_the_expected_type(
+    issuer: TokenIssuer, verifier: TokenVerifier
+) -> None:
+    token = _token(issuer)
+    verifier.verify(token)
+    with pytest.raises(TokenError, match="refresh"):
+        verifier.verify(token, expected_type="refresh")
+
+
+def test_the_cache_is_bounded_and_can_be_off(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
+    keys = {DEV_KEY_ID: verifier._keys[DEV_KEY_ID]}
+    small, off = TokenVerifier(keys, cache_size=2), TokenVerifier(keys, cache_size=0)
+    for n in range(3):
+        token = _token(issuer, subject=f"agent-{n}")
+        assert small.verify(token).subject == off.verify(token).subject == f"agent-{n}"
+    assert (small.cached, off.cached) == (2, 0)
 
 
 def _forge(payload: dict[str, object], header: dict[str, object]) -> str:

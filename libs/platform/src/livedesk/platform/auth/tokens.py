@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -96,17 +97,56 @@ class TokenVerifier:
     """Verifies tokens against the published public keys (by ``kid``)."""
 
     def __init__(
-        self, public_keys: Mapping[str, EllipticCurvePublicKey], leeway: float = 5
+        self,
+        public_keys: Mapping[str, EllipticCurvePublicKey],
+        leeway: float = 5,
+        *,
+        cache_size: int = 4096,
     ) -> None:
+        """``cache_size`` verified tokens are remembered (0: none), see :meth:`verify`."""
         if not public_keys:
             raise ValueError("at least one public key is needed")
+        if cache_size < 0:
+            raise ValueError("cache_size must not be negative")
         self._keys = dict(public_keys)
         self._leeway = leeway
+        self._cache_size = cache_size
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     def verify(self, token: str, expected_type: TokenType = "access") -> Claims:
-        """The claims of a valid token of ``expected_type``; TokenError otherwise."""
+        """The claims of a valid token of ``expected_type``; TokenError otherwise.
+
+        A token verified before is answered from a small LRU keyed by the exact
+        token text, until its own ``exp`` (plus leeway): the signature cannot
+        change, and an ES256 check costs ~1 ms of CPU per request. The type and
+        expiry are checked on every call, so a cached token is refused exactly
+        when a fresh verification would refuse it.
+        """
         if not token or len(token) > 4096:
             raise TokenError("malformed token")
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signed(token)
+            if self._cache_size:
+                self._verified[token] = claims
+                if len(self._verified) > self._cache_size:
+                    self._verified.popitem(last=False)
+        else:
+            self._verified.move_to_end(token)
+            now = dt.datetime.now(dt.UTC)
+            if now > claims.expires_at + dt.timedelta(seconds=self._leeway):
+                del self._verified[token]
+                raise TokenError("token expired")
+        if claims.token_type != expected_type:
+            raise TokenError(f"expected an {expected_type} token")
+        return claims
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are remembered now."""
+        return len(self._verified)
+
+    def _verify_signed(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -140,8 +180,6 @@ class TokenVerifier:
             raise TokenError("invalid token")
         if not isinstance(tenant, str) or not tenant or not isinstance(sub, str) or not sub:
             raise TokenError("invalid token")
-        if typ != expected_type:
-            raise TokenError(f"expected an {expected_type} token")
         return Claims(
             subject=sub,
             tenant_id=tenant,
