@@ -19,7 +19,8 @@ No cluster, no network, no Docker. What is checked:
   Service, HPA, PDB, NetworkPolicy and reference points at something real;
   every CronJob runs one at a time, bounded, in the same locked-down pods; a
   claim that several pods mount is ReadWriteMany; chat's archive CronJob runs
-  ``archive`` with the chat image, env sources, settings and archive volume.
+  ``archive`` with the chat image, env sources, settings and archive volume
+  (or, in S3 mode, the same S3 settings and credentials and no volume).
 - services/*/Dockerfile: the build and runtime rules, and ports that agree
   with the manifests.
 """
@@ -34,7 +35,7 @@ import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,19 @@ def check_objects(objs: list[Obj], where: str, *, external: Collection[str] = ()
                 problems.append(
                     f"{describe(deploy)}: SHUTDOWN_TIMEOUT is not below the grace period"
                 )
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef", {})
+                secret = ref.get("name")
+                if (
+                    secret
+                    and not ref.get("optional")
+                    and secret not in names.get("Secret", set())
+                    and secret not in external
+                ):
+                    problems.append(
+                        f"{describe(deploy)}: {var['name']} from Secret {secret}, "
+                        "neither rendered nor external"
+                    )
             for source in container.get("envFrom", []):
                 cm = source.get("configMapRef", {}).get("name")
                 if cm and cm not in names.get("ConfigMap", set()):
@@ -741,7 +755,8 @@ def archive_job_problems(objs: list[Obj]) -> list[str]:
 
     Same image, ServiceAccount, env sources (ConfigMap and Secrets) and chat
     settings as the chat Deployment, and the same archive: ARCHIVE_URL names
-    the path where both mount the same claim.
+    the path where both mount the same claim, or the same S3 store (with the
+    same ARCHIVE_S3_* and credentials, as chat env), which neither mounts.
     """
 
     def component(obj: Obj) -> str:
@@ -777,9 +792,13 @@ def archive_job_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"job env has no {key}")
 
     def archive_claim(pod_spec: Obj, container: Obj) -> str | None:
+        """The claim mounted at a file:/// ARCHIVE_URL, or the s3:// URL itself."""
         url = next(
             (e.get("value") for e in container.get("env", []) if e["name"] == "ARCHIVE_URL"), ""
         )
+        if url and url.startswith("s3://"):
+            mounted = [m["mountPath"] for m in container.get("volumeMounts", [])]
+            return url if mounted == ["/tmp"] else None
         if not url or not url.startswith("file:///"):
             return None
         mount = next(
@@ -793,7 +812,10 @@ def archive_job_problems(objs: list[Obj]) -> list[str]:
 
     claims = archive_claim(chat_pod, server), archive_claim(job_pod, job)
     if claims[0] is None or claims[0] != claims[1]:
-        problems.append(f"ARCHIVE_URL is not the same mounted claim in chat and the job: {claims}")
+        problems.append(
+            f"ARCHIVE_URL is not the same mounted claim (or unmounted S3 store) in chat and the "
+            f"job: {claims}"
+        )
     return problems
 
 
@@ -1013,6 +1035,22 @@ def test_schema_is_strict() -> None:
         ({"chat": {"archive": {"schedule": "hourly"}}}, "does not match"),
         ({"chat": {"archive": {"batchSize": 0}}}, "less than the minimum"),
         ({"chat": {"hotCache": {"redisUrl": "http://x"}}}, "does not match"),
+        ({"config": {"extraEnv": {"ARCHIVE_S3_REGION": "x"}}}, "should not be valid"),
+        ({"chat": {"archive": {"s3": {"url": "https://s3.example.com/b"}}}}, "does not match"),
+        ({"chat": {"archive": {"s3": {"url": "s3://key:secret@bucket"}}}}, "does not match"),
+        ({"chat": {"archive": {"s3": {"addressingStyle": "dns"}}}}, "is not one of"),
+        ({"chat": {"archive": {"s3": {"endpointUrl": "minio:9000"}}}}, "does not match"),
+        (
+            {
+                "chat": {
+                    "archive": {
+                        "s3": {"url": "s3://bucket"},
+                        "persistence": {"existingClaim": "my-archive-volume"},
+                    }
+                }
+            },
+            "'' was expected",
+        ),
     ],
 )
 def test_schema_rejects_bad_values(overrides: Obj, fragment: str) -> None:
@@ -1108,6 +1146,21 @@ SCENARIOS: dict[str, Obj] = {
             "existingSecret": "existing-analytics-clickhouse",
         },
     },
+    "archive-s3": {
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
+        "chat": {
+            "archive": {
+                "enabled": True,
+                "s3": {
+                    "url": "s3://livedesk-archive/prod/chat",
+                    "endpointUrl": "https://minio.storage.svc:9000",
+                    "region": "eu-west-1",
+                    "addressingStyle": "path",
+                    "existingSecret": "chat-archive-s3",
+                },
+            },
+        },
+    },
     "minimal": {
         "serviceAccount": {"create": False},
         "metricsAnnotations": False,
@@ -1164,6 +1217,7 @@ def test_chart_renders_valid_objects(helm: Any, scenario: str) -> None:
     existing = {values[name]["existingSecret"] for name in SERVICES}
     existing.add(values["analytics"]["persistence"]["existingClaim"])
     existing.add(values["chat"]["archive"]["persistence"]["existingClaim"])
+    existing.add(values["chat"]["archive"]["s3"]["existingSecret"])
     check_objects(objs, f"chart with {scenario} values", external=existing - {""})
     cronjobs = [o for o in objs if o["kind"] == "CronJob"]
     if values["chat"]["archive"]["enabled"]:
@@ -1310,19 +1364,140 @@ def test_chart_archive_matches_the_kustomize_component(helm: Any) -> None:
         assert ours[field] == theirs[field], field
 
 
-def test_chart_refuses_an_archive_volume_one_node_only(helm: Any, tmp_path: Path) -> None:
-    overrides = {
-        "chat": {"archive": {"enabled": True, "persistence": {"accessModes": ["ReadWriteOnce"]}}}
-    }
-    assert [e for e in schema_errors(with_values(overrides)) if "accessModes" in e]
-    with pytest.raises(helm.HelmError, match="ReadWriteMany"):
+@pytest.mark.parametrize(
+    ("overrides", "field", "refusal"),
+    [
+        (
+            {"persistence": {"accessModes": ["ReadWriteOnce"]}},
+            "accessModes",
+            "every chat pod and the archive job",
+        ),
+        (
+            {
+                "s3": {"url": "s3://livedesk-archive"},
+                "persistence": {"existingClaim": "my-archive-volume"},
+            },
+            "existingClaim",
+            "exclude each other",
+        ),
+    ],
+    ids=["volume-one-node-only", "s3-beside-a-claim"],
+)
+def test_chart_refuses_bad_archive_storage(
+    helm: Any, tmp_path: Path, overrides: Obj, field: str, refusal: str
+) -> None:
+    overrides = {"chat": {"archive": {"enabled": True} | overrides}}
+    assert [e for e in schema_errors(with_values(overrides)) if field in e]
+    with pytest.raises(helm.HelmError, match=field):
         render(helm, CHART, overrides)
     # The template refuses too, for installs that skip the schema.
     schemaless = tmp_path / "livedesk"
     shutil.copytree(CHART, schemaless)
     (schemaless / "values.schema.json").unlink()
-    with pytest.raises(helm.HelmError, match="every chat pod and the archive job"):
+    with pytest.raises(helm.HelmError, match=refusal):
         render(helm, schemaless, overrides)
+
+
+def test_chart_archive_on_s3_has_no_volume(helm: Any) -> None:
+    """chat.archive.s3.url: no claim, no mount; the same ARCHIVE_* and AWS keys in chat and job."""
+    s3 = SCENARIOS["archive-s3"]["chat"]["archive"]["s3"]
+    objs = manifests(render(helm, CHART, SCENARIOS["archive-s3"]))
+    claims = [o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    assert claims == ["livedesk-analytics-data"]  # embedded chDB's, nothing for the archive
+    chat = next(
+        o
+        for o in objs
+        if o["kind"] == "Deployment"
+        and o["metadata"]["labels"]["app.kubernetes.io/component"] == "chat"
+    )
+    cronjob = next(o for o in objs if o["kind"] == "CronJob")
+    secret = s3["existingSecret"]
+    expected = {
+        "ARCHIVE_URL": {"value": s3["url"]},
+        "ARCHIVE_S3_ENDPOINT_URL": {"value": s3["endpointUrl"]},
+        "ARCHIVE_S3_REGION": {"value": s3["region"]},
+        "ARCHIVE_S3_ADDRESSING_STYLE": {"value": s3["addressingStyle"]},
+        "AWS_ACCESS_KEY_ID": {
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_ACCESS_KEY_ID"}}
+        },
+        "AWS_SECRET_ACCESS_KEY": {
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_SECRET_ACCESS_KEY"}}
+        },
+        "AWS_SESSION_TOKEN": {
+            "valueFrom": {
+                "secretKeyRef": {"name": secret, "key": "AWS_SESSION_TOKEN", "optional": True}
+            }
+        },
+    }
+    for workload in (chat, cronjob):
+        pod = pod_template(workload)["spec"]
+        container = pod["containers"][0]
+        env = {
+            e["name"]: {k: v for k, v in e.items() if k != "name"}
+            for e in container["env"]
+            if e["name"].startswith(("ARCHIVE_", "AWS_")) and "BATCH" not in e["name"]
+        }
+        env.pop("ARCHIVE_AFTER_DAYS", None)
+        assert env == expected, describe(workload)
+        assert [v["name"] for v in pod["volumes"]] == ["tmp"], describe(workload)
+        assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+    assert archive_job_problems(objs) == []
+    # IRSA: the role annotation reaches the ServiceAccount both run as.
+    account = next(
+        o
+        for o in objs
+        if o["kind"] == "ServiceAccount"
+        and o["metadata"]["name"] == pod_template(chat)["spec"]["serviceAccountName"]
+    )
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    assert pod_template(cronjob)["spec"]["serviceAccountName"] == account["metadata"]["name"]
+
+    # Without static keys (IRSA, instance role) and with botocore's own endpoint
+    # and region, only the URL and the addressing style are set.
+    bare = {"chat": {"archive": {"enabled": True, "s3": {"url": "s3://livedesk-archive"}}}}
+    objs = manifests(render(helm, CHART, bare))
+    check_objects(objs, "chart with a bare S3 archive")
+    for workload in (o for o in objs if o["kind"] in ("Deployment", "CronJob")):
+        names = [e["name"] for e in pod_template(workload)["spec"]["containers"][0].get("env", [])]
+        if "ARCHIVE_URL" in names:
+            assert not [n for n in names if n.startswith("AWS_")], describe(workload)
+            assert "ARCHIVE_S3_REGION" not in names
+            assert "ARCHIVE_S3_ADDRESSING_STYLE" in names
+
+
+def test_archive_rules_catch_an_s3_job_that_drifts_from_chat(helm: Any) -> None:
+    good = manifests(render(helm, CHART, SCENARIOS["archive-s3"]))
+
+    def container(objs: list[Obj], kind: str) -> Obj:
+        workload = next(
+            o
+            for o in objs
+            if o["kind"] == kind
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] in ("chat", "chat-archive")
+        )
+        found: Obj = pod_template(workload)["spec"]["containers"][0]
+        return found
+
+    def env(objs: list[Obj], kind: str, name: str) -> Obj:
+        found: Obj = next(e for e in container(objs, kind)["env"] if e["name"] == name)
+        return found
+
+    mistakes: dict[str, Callable[[list[Obj]], object]] = {
+        "other bucket": lambda objs: env(objs, "CronJob", "ARCHIVE_URL").update(value="s3://x/y"),
+        "other region": lambda objs: env(objs, "Deployment", "ARCHIVE_S3_REGION").update(
+            value="us-east-1"
+        ),
+        "other keys": lambda objs: env(objs, "CronJob", "AWS_ACCESS_KEY_ID")["valueFrom"][
+            "secretKeyRef"
+        ].update(name="x"),
+        "still mounted": lambda objs: container(objs, "Deployment")["volumeMounts"].append(
+            {"name": "archive", "mountPath": "/var/lib/livedesk/archive"}
+        ),
+    }
+    for what, change in mistakes.items():
+        broken = copy.deepcopy(good)
+        change(broken)
+        assert archive_job_problems(broken), what
 
 
 def test_selectors_survive_upgrades(helm: Any, tmp_path: Path) -> None:

@@ -113,12 +113,16 @@ schema says the same; this also holds with --skip-schema-validation).
 
 {{/*
 Fail early on an archive volume that the chat pods and the archive job could
-not all mount at once (the schema says the same; this also holds with
+not all mount at once, or on a claim named beside an S3 archive, which would
+go unused (the schema says the same; this also holds with
 --skip-schema-validation). An existing claim is the operator's to choose.
 */}}
 {{- define "livedesk.validateArchive" -}}
 {{- $c := .Values.chat }}
-{{- if and $c.enabled $c.archive.enabled (not $c.archive.persistence.existingClaim) }}
+{{- if and $c.enabled $c.archive.enabled $c.archive.s3.url $c.archive.persistence.existingClaim }}
+{{- fail "chat.archive.s3.url and chat.archive.persistence.existingClaim exclude each other: an S3 archive needs no volume (empty one of them)" }}
+{{- end }}
+{{- if and $c.enabled $c.archive.enabled (not $c.archive.s3.url) (not $c.archive.persistence.existingClaim) }}
 {{- if not (has "ReadWriteMany" $c.archive.persistence.accessModes) }}
 {{- fail "chat.archive.persistence.accessModes must include ReadWriteMany: every chat pod and the archive job mount the archive volume at once (use a StorageClass that offers it, or name a claim in chat.archive.persistence.existingClaim)" }}
 {{- end }}

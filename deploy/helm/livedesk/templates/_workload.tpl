@@ -26,7 +26,10 @@ job uses exactly these too.
 
 {{/*
 chat's own settings, in its pods and in its archive job alike: the hot cache
-and, with the archive on, where the archive is (file://<mountPath>).
+and, with the archive on, where the archive is: file://<mountPath>, or the
+S3 store with its ARCHIVE_S3_* settings and, from chat.archive.s3.existingSecret,
+its AWS keys. Empty S3 settings are left out: botocore's chain (AWS_REGION,
+AWS_ENDPOINT_URL_S3, web identity, instance role) fills them in.
 */}}
 {{- define "livedesk.chatEnv" -}}
 {{- with .svc.hotCache }}
@@ -42,9 +45,56 @@ and, with the archive on, where the archive is (file://<mountPath>).
 {{- end }}
 {{- end }}
 {{- if and (hasKey .svc "archive") .svc.archive.enabled }}
+{{- with .svc.archive.s3 }}
+{{- if .url }}
+- name: ARCHIVE_URL
+  value: {{ .url | quote }}
+{{- with .endpointUrl }}
+- name: ARCHIVE_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with .region }}
+- name: ARCHIVE_S3_REGION
+  value: {{ . | quote }}
+{{- end }}
+- name: ARCHIVE_S3_ADDRESSING_STYLE
+  value: {{ .addressingStyle | quote }}
+{{- with .existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_ACCESS_KEY_ID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_SECRET_ACCESS_KEY
+# Only temporary credentials have one.
+- name: AWS_SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: AWS_SESSION_TOKEN
+      optional: true
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not (include "livedesk.archiveOnS3" .) }}
 - name: ARCHIVE_URL
   value: {{ printf "file://%s" .svc.archive.mountPath | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when chat's archive is on and in S3 (no volume), else empty. */}}
+{{- define "livedesk.archiveOnS3" -}}
+{{- if and (hasKey .svc "archive") .svc.archive.enabled .svc.archive.s3.url }}true{{ end }}
+{{- end }}
+
+{{/* "true" when chat's archive is on and on a volume (file://<mountPath>), else empty. */}}
+{{- define "livedesk.archiveOnVolume" -}}
+{{- if and (hasKey .svc "archive") .svc.archive.enabled (not .svc.archive.s3.url) }}true{{ end }}
 {{- end }}
 
 {{/* Name of chat's archive claim: the existing one, or "<fullname>-chat-archive". */}}
@@ -94,7 +144,7 @@ stringData:
 {{- $root := .root }}
 {{- $svc := .svc }}
 {{- $chdb := and (hasKey $svc "embeddedChdb") $svc.embeddedChdb }}
-{{- $archive := and (hasKey $svc "archive") $svc.archive.enabled }}
+{{- $archive := include "livedesk.archiveOnVolume" . }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
