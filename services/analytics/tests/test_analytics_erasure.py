@@ -8,6 +8,7 @@ harmless; conversation.archived changes nothing; nobody else's data is touched.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from livedesk.analytics import reports
-from livedesk.analytics.erasure import CONVERSATION_TABLES
+from livedesk.analytics.erasure import CONVERSATION_TABLES, ErasureGuard
 from livedesk.analytics.ingest import EventIngestor
 from livedesk.analytics.reports import ReportFilter
 from livedesk.analytics.search import parse_query, search_messages
@@ -38,7 +39,7 @@ from livedesk.platform.bus import EventConsumer, EventPublisher, QueueTopology, 
 from livedesk.platform.testing import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from google.protobuf.message import Message
 
@@ -296,3 +297,76 @@ async def test_purged_deletes_one_conversation_and_archived_changes_nothing(
     assert await pipeline.conversations(TENANT) == _every_table({"p2"})
     assert await pipeline.search(TENANT, "walrus") == []
     assert await _overview(pipeline.store) == after
+
+
+async def test_a_replicas_erasure_after_the_screen_is_found_after_the_insert(
+    migrated: Store,
+) -> None:
+    # A store other processes write (a shared ClickHouse server): this ingester
+    # learns of another replica's erasure only from the records.
+    migrated.exclusive = False
+    ingestor = EventIngestor(migrated, batch_size=1, flush_interval=3600)
+    try:
+        await ingestor.handle(_message(TENANT, "r1", 1, "vis-1", "first"))
+        # Another replica erases r2 now: the tenant had no record when this
+        # ingester last looked, so r2's late message is not screened before its INSERT.
+        await migrated.insert(
+            "erased_conversations",
+            [(TENANT, "r2", "conversation.purged", uuid.uuid4(), START)],
+            ("tenant_id", "conversation_id", "reason", "event_id", "erased_at"),
+        )
+        before = _erased("message.created")
+        await ingestor.handle(_message(TENANT, "r2", 1, "vis-2", "late"))
+        assert _erased("message.created") == before + 1
+        for table in CONVERSATION_TABLES:
+            rows = await migrated.query(
+                f"SELECT DISTINCT conversation_id FROM {table} WHERE tenant_id = {{t:String}}",
+                {"t": TENANT},
+            )
+            assert "r2" not in {str(r[0]) for r in rows}, table
+        # From now on the tenant is screened before the INSERT too.
+        await ingestor.handle(_message(TENANT, "r2", 2, "vis-2", "later"))
+        assert _erased("message.created") == before + 2
+        rows = await migrated.query(
+            "SELECT count() FROM events WHERE tenant_id = {t:String} AND conversation_id = 'r1'",
+            {"t": TENANT},
+        )
+        assert rows == [(1,)]
+    finally:
+        await ingestor.close()
+
+
+async def test_an_erasure_runs_alone_after_the_batches_in_progress(store: Store) -> None:
+    guard = ErasureGuard(store)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def batch(name: str) -> None:
+        order.append(f"{name} waits")
+        async with guard.batch():
+            order.append(f"{name} start")
+            await release.wait()
+            order.append(f"{name} end")
+
+    async def erasure() -> None:
+        order.append("erasure waits")
+        async with guard.erasing():
+            order.append("erasure")
+
+    def reached(count: int) -> Callable[[], Awaitable[bool]]:
+        async def probe() -> bool:
+            return len(order) >= count
+
+        return probe
+
+    tasks = [asyncio.create_task(batch("a")), asyncio.create_task(batch("b"))]
+    await wait_until(reached(4), timeout=LIMIT, what="two batches at once")
+    tasks.append(asyncio.create_task(erasure()))
+    await wait_until(reached(5), timeout=LIMIT, what="erasure waiting")
+    tasks.append(asyncio.create_task(batch("c")))
+    await wait_until(reached(6), timeout=LIMIT, what="a batch after the erasure waiting")
+    # Neither the erasure nor the batch that came after it started.
+    assert order[4:] == ["erasure waits", "c waits"]
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order[6:] == ["a end", "b end", "erasure", "c start", "c end"]

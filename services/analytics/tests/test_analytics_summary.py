@@ -15,9 +15,17 @@ from livedesk.analytics import reports
 from livedesk.analytics.ingest import EVENT_COLUMNS, row_of
 from livedesk.analytics.reports import ReportFilter
 from livedesk.analytics.schema import MIGRATIONS, migrate
+from livedesk.contracts.events.v1.conversation_pb2 import (
+    ConversationAssigned,
+    ConversationCreated,
+    ConversationReopened,
+)
+from livedesk.platform.bus import new_event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from google.protobuf.message import Message
 
     from livedesk.analytics.store import Store
     from livedesk.platform.bus import Envelope
@@ -116,3 +124,34 @@ async def test_the_migration_summarises_events_stored_before_it(
     assert await migrate(store) == [m.version for m in MIGRATIONS if m.version >= 4]
     assert _key_numbers(await reports.overview(store, DAY)) == EXPECTED
     assert await _summaries(store) == [("c1", 0), ("c2", 0), ("c3", 1)]
+
+
+def _lifecycle(payload: Message, minutes: int) -> Envelope:
+    return new_event(
+        payload,
+        tenant_id=TENANT,
+        producer="test",
+        conversation_id="late",
+        occurred_at=MONDAY + dt.timedelta(hours=9, minutes=minutes),
+    )
+
+
+async def test_a_late_reopen_takes_the_wait_away_from_the_episode_it_splits(
+    migrated: Store, ingest_events: Ingest
+) -> None:
+    await ingest_events(
+        migrated,
+        [
+            _lifecycle(ConversationCreated(inbox_id="web"), 0),
+            _lifecycle(ConversationAssigned(agent_id="a1"), 10),
+        ],
+    )
+    wait = (await reports.overview(migrated, DAY))["wait_time"]
+    assert (wait["count"], wait["p50"]) == (1, 600.0)
+    # A reopen at 09:05 arrives late: the episode started at 09:00 now ends
+    # unassigned (no wait counted for it), the one started at 09:05 waited 5 minutes.
+    await ingest_events(migrated, [_lifecycle(ConversationReopened(), 5)])
+    wait = (await reports.overview(migrated, DAY))["wait_time"]
+    assert (wait["count"], wait["p50"]) == (1, 300.0)
+    agents = await reports.breakdown(migrated, DAY, "agent")
+    assert [(a["agent_id"], a["wait_time"]["count"]) for a in agents] == [("a1", 1)]

@@ -27,11 +27,14 @@ collapse) and deletes nothing more.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
@@ -46,6 +49,7 @@ __all__ = [
     "ERASURE_TYPES",
     "Eraser",
     "Erasure",
+    "ErasureGuard",
     "Screened",
     "created_visitor",
     "erasure_of",
@@ -94,6 +98,12 @@ SELECT 'v', tenant_id, visitor_id, any(event_id) FROM erased_visitors
 WHERE (tenant_id, visitor_id) IN (SELECT arrayJoin({visitors:Array(Tuple(String, String))}))
 GROUP BY tenant_id, visitor_id"""
 
+# Which of a batch's tenants have any erasure record at all.
+_TENANTS_ERASED = """
+SELECT DISTINCT tenant_id FROM erased_conversations WHERE tenant_id IN {tenants:Array(String)}
+UNION DISTINCT
+SELECT DISTINCT tenant_id FROM erased_visitors WHERE tenant_id IN {tenants:Array(String)}"""
+
 _DELETE = "DELETE FROM {table}{local} {on_cluster} WHERE (tenant_id, conversation_id) IN " + _KEYS
 
 
@@ -141,6 +151,104 @@ class Screened:
     """Of those, the ones recorded by this screen: an erased visitor's conversation.created."""
 
 
+class ErasureGuard:
+    """Per store: the tenants that ever erased anything, and erasures kept apart from batches.
+
+    Screening a batch costs a query (chDB's fixed cost per query is a large
+    share of a batch's time), but a tenant with no erasure record at all has
+    nothing to screen. So the guard remembers, per tenant, whether any record
+    exists: looked up once per tenant, set at once by this process's own
+    erasures (before their records are written), and, on a store other
+    processes also write (a ClickHouse server shared by replicas), looked up
+    again after each INSERT for the tenants still clean, which is the check
+    for a replica's erasure run meanwhile. With chDB no other process can
+    write the data, so what the guard knows is complete.
+
+    Batches without erasures are stored concurrently (their INSERTs queue
+    behind one another in the store's thread, so it never idles while the
+    event loop prepares the next call); a batch with erasures waits until
+    those in progress are done and runs alone, and new batches wait for it,
+    so within a process an erasure never interleaves with a screen.
+    """
+
+    _by_store: ClassVar[weakref.WeakKeyDictionary[Store, ErasureGuard]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def of(cls, store: Store) -> ErasureGuard:
+        """The guard of ``store`` (one per store, shared by every ingester in the process)."""
+        guard = cls._by_store.get(store)
+        if guard is None:
+            guard = cls._by_store[store] = cls(store)
+        return guard
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._erased: set[str] = set()
+        """Tenants with erasure records (never forgotten: records are never removed)."""
+        self._clean: set[str] = set()
+        """Tenants without any, as last looked up."""
+        self._batches = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._erasures = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._erasing = asyncio.Lock()
+
+    def mark(self, tenants: Iterable[str]) -> None:
+        """Note that ``tenants`` have (or are about to have) erasure records."""
+        marked = set(tenants)
+        self._erased |= marked
+        self._clean -= marked
+
+    async def erased_tenants(self, tenants: Iterable[str], *, recheck: bool = False) -> set[str]:
+        """Those of ``tenants`` with any erasure record.
+
+        Tenants never looked up are looked up; with ``recheck``, on a store
+        other processes write, the clean ones are looked up again.
+        """
+        wanted = set(tenants)
+        ask = wanted - self._erased
+        if not (recheck and not self._store.exclusive):
+            ask -= self._clean
+        if ask:
+            rows = await self._store.query(_TENANTS_ERASED, {"tenants": sorted(ask)})
+            self.mark(str(r[0]) for r in rows)
+            # An erasure of this process may have marked one meanwhile: marks win.
+            self._clean |= ask - self._erased
+        return wanted & self._erased
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Hold while storing a batch without erasures (many may at once)."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self._batches += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._batches -= 1
+            if self._batches == 0:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def erasing(self) -> AsyncIterator[None]:
+        """Hold while applying erasures: alone, after the batches in progress."""
+        self._erasures += 1
+        self._open.clear()
+        try:
+            async with self._erasing:
+                await self._idle.wait()
+                yield
+        finally:
+            self._erasures -= 1
+            if self._erasures == 0:
+                self._open.set()
+
+
 class Eraser:
     """Deletes erased conversations' rows, and tells which conversations are erased.
 
@@ -152,6 +260,7 @@ class Eraser:
 
     def __init__(self, store: Store, cluster: str | None = None) -> None:
         self._store = store
+        self._guard = ErasureGuard.of(store)
         self._deletes: list[str] = []
         for table in CONVERSATION_TABLES:
             statement = render(_DELETE.replace("{table}", table), cluster)
@@ -160,6 +269,8 @@ class Eraser:
 
     async def erase(self, erasures: Sequence[Erasure]) -> frozenset[Key]:
         """Record and delete everything ``erasures`` ask for; the conversations erased."""
+        # Before any record is written: a batch screened from now on sees these tenants.
+        self._guard.mark(e.tenant_id for e in erasures)
         now = dt.datetime.now(dt.UTC)
         visitors = {(e.tenant_id, e.visitor_id): e for e in erasures if e.visitor_id}
         records: dict[Key, Erasure] = {}

@@ -26,7 +26,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from livedesk.analytics.erasure import ERASURE_TYPES, Eraser, created_visitor, erasure_of
+from livedesk.analytics.erasure import (
+    ERASURE_TYPES,
+    Eraser,
+    ErasureGuard,
+    created_visitor,
+    erasure_of,
+)
 from livedesk.analytics.metrics import (
     EVENTS_ERASED,
     EVENTS_IN_FLIGHT,
@@ -97,7 +103,10 @@ def row_of(env: Envelope, ingested_at: dt.datetime) -> tuple[Any, ...]:
 @dataclass(eq=False)
 class _Batch(Generic[T]):
     items: list[T] = field(default_factory=list)
-    done: asyncio.Future[None] | None = None
+    # One future per caller, not one shared: a caller cancelled while waiting
+    # cancels only its own (asyncio.shield around a shared one would do the
+    # same, at several times the cost per event).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -145,17 +154,17 @@ class Batcher(Generic[T]):
         """
         if self._closed:
             raise RuntimeError("batcher is closed")
+        loop = asyncio.get_running_loop()
         batch = self._open
         if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._open = _Batch(done=loop.create_future())
+            batch = self._open = _Batch()
             batch.timer = loop.call_later(self._max_delay, self._due, batch)
+        done = loop.create_future()
         batch.items.append(item)
+        batch.waiters.append(done)
         if len(batch.items) >= self._max_items:
             self._flush_open()
-        assert batch.done is not None
-        # shield: a caller cancelled while waiting must not cancel its batch-mates' outcome.
-        await asyncio.shield(batch.done)
+        await done
 
     def _due(self, batch: _Batch[T]) -> None:
         if batch is self._open:
@@ -172,19 +181,21 @@ class Batcher(Generic[T]):
         task.add_done_callback(self._writing.discard)
 
     async def _flush(self, batch: _Batch[T]) -> None:
-        done = batch.done
-        assert done is not None
+        # Waiters already done were cancelled: their callers are gone.
         try:
             await self._write(batch.items)
         except asyncio.CancelledError:
-            done.cancel()
+            for done in batch.waiters:
+                done.cancel()
             raise
         except Exception as exc:
-            done.set_exception(exc)
-            # Callers that were cancelled never read it; do not log it as unretrieved.
-            done.exception()
+            for done in batch.waiters:
+                if not done.done():
+                    done.set_exception(exc)
         else:
-            done.set_result(None)
+            for done in batch.waiters:
+                if not done.done():
+                    done.set_result(None)
 
     async def flush(self) -> None:
         """Write the open batch now and wait for every write in progress."""
@@ -203,8 +214,9 @@ class EventIngestor:
 
     Erasure events (``visitor.erased``, ``conversation.purged``) are applied
     instead of stored, and events of an erased conversation are dropped: see
-    ``erasure.py``. Batches are written one at a time (a lock), so an erasure
-    and the late events of its conversations are never stored in between.
+    ``erasure.py``. Batches are screened only for tenants with erasure records
+    (:class:`~livedesk.analytics.erasure.ErasureGuard`); batches without
+    erasures are written concurrently, a batch with erasures alone.
 
     Args:
         store: where the rows go.
@@ -223,7 +235,7 @@ class EventIngestor:
     ) -> None:
         self._store = store
         self._eraser = Eraser(store, cluster)
-        self._lock = asyncio.Lock()
+        self._guard = ErasureGuard.of(store)
         self._batcher: Batcher[tuple[Any, ...]] = Batcher(
             self._insert, max_items=batch_size, max_delay=flush_interval
         )
@@ -261,8 +273,7 @@ class EventIngestor:
 
     async def _insert(self, rows: list[Row]) -> None:
         try:
-            async with self._lock:
-                stored = await self._store_batch(rows)
+            stored = await self._store_batch(rows)
         except Exception as exc:
             log.warning("ingest_insert_failed", rows=len(rows), error=str(exc))
             raise
@@ -289,12 +300,18 @@ class EventIngestor:
             for r in rows
             if r[_TYPE_COLUMN] in ERASURE_TYPES
         ]
-        if erasures:
+        if not erasures:
+            async with self._guard.batch():
+                return await self._store_rows(rows)
+        async with self._guard.erasing():
             await self._eraser.erase([e for e in erasures if e is not None])
-        # Erasures first: a late event in the same batch as its erasure is dropped too.
-        stored = await self._unerased(
-            [r for r in rows if r[_TYPE_COLUMN] not in ERASURE_TYPES], stored=False
-        )
+            # Erasures first: a late event in the same batch as its erasure is dropped too.
+            return await self._store_rows([r for r in rows if r[_TYPE_COLUMN] not in ERASURE_TYPES])
+
+    async def _store_rows(self, rows: list[Row]) -> list[Row]:
+        tenants = {r[_TENANT_COLUMN] for r in rows if r[_CONVERSATION_COLUMN]}
+        screened = await self._guard.erased_tenants(tenants)
+        stored = await self._unerased(rows, screened, stored=False)
         if not stored:
             return stored
         await self._store.insert("events", stored, EVENT_COLUMNS)
@@ -308,14 +325,25 @@ class EventIngestor:
                 if r[_CONVERSATION_COLUMN] and touches_summary(r[_TYPE_COLUMN])
             ),
         )
+        if self._store.exclusive:
+            # No other process writes this data, and no erasure of this one ran
+            # since the screen above (the guard keeps them apart): nothing to recheck.
+            return stored
         # Another replica may have erased one of these conversations since the
         # screen above: its DELETE ran before these rows existed, so delete them.
-        return await self._unerased(stored, stored=True)
+        return await self._unerased(
+            stored, await self._guard.erased_tenants(tenants, recheck=True), stored=True
+        )
 
-    async def _unerased(self, rows: list[Row], *, stored: bool) -> list[Row]:
-        """``rows`` without those of erased conversations (deleting them if ``stored``)."""
+    async def _unerased(self, rows: list[Row], tenants: set[str], *, stored: bool) -> list[Row]:
+        """``rows`` without those of erased conversations (deleting them if ``stored``).
+
+        Only rows of ``tenants`` are screened: the others have no erasure record.
+        """
         conversations = [
-            (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN]) for r in rows if r[_CONVERSATION_COLUMN]
+            (r[_TENANT_COLUMN], r[_CONVERSATION_COLUMN])
+            for r in rows
+            if r[_CONVERSATION_COLUMN] and r[_TENANT_COLUMN] in tenants
         ]
         if not conversations:
             return rows
@@ -325,7 +353,9 @@ class EventIngestor:
                 (r[_TENANT_COLUMN], created_visitor(r[_PAYLOAD_COLUMN])),
             )
             for r in rows
-            if r[_TYPE_COLUMN] == "conversation.created" and r[_CONVERSATION_COLUMN]
+            if r[_TYPE_COLUMN] == "conversation.created"
+            and r[_CONVERSATION_COLUMN]
+            and r[_TENANT_COLUMN] in tenants
         ]
         found = await self._eraser.screen(conversations, created)
         # An erased visitor's conversation chat did not list: events of it stored

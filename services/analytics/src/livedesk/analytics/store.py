@@ -46,12 +46,16 @@ class Store:
     Use :meth:`open`; close with :meth:`close`.
     """
 
-    def __init__(self, client: Any, executor: ThreadPoolExecutor, target: str) -> None:
+    def __init__(
+        self, client: Any, executor: ThreadPoolExecutor, target: str, *, exclusive: bool = False
+    ) -> None:
         self._client = client
         self._executor = executor
         self._closed = False
         self.target = target
         """Where the data lives, for logs: ``chdb:<dir>`` or the server URL without password."""
+        self.exclusive = exclusive
+        """True when no other process can write this data (chDB: one process per directory)."""
 
     @classmethod
     async def open(cls, *, clickhouse_url: str | None, chdb_path: str) -> Store:
@@ -80,7 +84,7 @@ class Store:
             executor.shutdown(wait=False)
             raise
         log.info("store_opened", target=target, server_version=client.server_version)
-        return cls(client, executor, target)
+        return cls(client, executor, target, exclusive=not clickhouse_url)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._closed:
