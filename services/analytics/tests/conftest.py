@@ -213,3 +213,9 @@ async def ingest(store: Store, events: list[Envelope], batch_size: int = 1000) -
 def ingest_events() -> Callable[[Store, list[Envelope]], Awaitable[None]]:
     """:func:`ingest`, for tests (conftest functions cannot be imported)."""
     return ingest
+
+
+@pytest.fixture
+def builder() -> type[HistoryBuilder]:
+    """:class:`HistoryBuilder`, for tests that build their own histories."""
+    return HistoryBuilder

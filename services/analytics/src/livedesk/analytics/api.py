@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 from aiohttp import web
 
-from livedesk.analytics import reports
+from livedesk.analytics import daily, reports
 from livedesk.analytics.errors import StoreError
 from livedesk.analytics.metrics import REPORT_SECONDS
 from livedesk.analytics.search import SearchQueryError, parse_query, search_messages
@@ -435,6 +435,8 @@ async def put_business_hours(request: web.Request) -> web.StreamResponse:
         ],
         ("tenant_id", "inbox_id", "time_zone", "starts", "ends", "enabled", "version"),
     )
+    # Pre-aggregated days hold business seconds of the old hours: live until re-computed.
+    await daily.mark_tenant_dirty(request.app[CONFIG_KEY].store, claims.tenant_id)
     return _json(_hours_body(reports.BusinessHours(inbox, zone, tuple(windows))))
 
 
@@ -448,6 +450,7 @@ async def delete_business_hours(request: web.Request) -> web.StreamResponse:
         [(claims.tenant_id, inbox, "UTC", [], [], 0, time.time_ns())],
         ("tenant_id", "inbox_id", "time_zone", "starts", "ends", "enabled", "version"),
     )
+    await daily.mark_tenant_dirty(request.app[CONFIG_KEY].store, claims.tenant_id)
     return web.Response(status=204)
 
 

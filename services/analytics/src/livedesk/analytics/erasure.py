@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
+from livedesk.analytics.daily import conversation_days, drop_days, mark_days
 from livedesk.analytics.schema import render
 from livedesk.platform.logging import get_logger
 
@@ -73,7 +74,11 @@ CONVERSATION_TABLES: tuple[str, ...] = (
     "conversation_state",
     "conversation_summary",
 )
-"""Every table with a row per conversation fact (each has tenant_id and conversation_id)."""
+"""Every table with a row per conversation fact (each has tenant_id and conversation_id).
+
+``report_daily`` aggregates many conversations per row: the pre-aggregated
+days an erased conversation counts in are dropped whole first (``daily.py``)
+and computed again without it."""
 
 _KEYS = "(SELECT arrayJoin({keys:Array(Tuple(String, String))}))"
 
@@ -260,6 +265,7 @@ class Eraser:
 
     def __init__(self, store: Store, cluster: str | None = None) -> None:
         self._store = store
+        self._cluster = cluster
         self._guard = ErasureGuard.of(store)
         self._deletes: list[str] = []
         for table in CONVERSATION_TABLES:
@@ -311,8 +317,13 @@ class Eraser:
         ordered = sorted(set(keys))
         if not ordered:
             return
+        # The pre-aggregated days they count in (read while their summaries
+        # exist) go live at once, and are dropped once the summaries are gone.
+        days = await conversation_days(self._store, ordered)
+        await mark_days(self._store, days)
         for statement in self._deletes:
             await self._store.command(statement, {"keys": ordered})
+        await drop_days(self._store, days, self._cluster)
 
     async def screen(
         self, conversations: Iterable[Key], created: Iterable[tuple[Key, Key]]

@@ -12,6 +12,9 @@ __all__ = [
     "LAST_FLUSH_ROWS",
     "OLDEST_EVENT_AGE",
     "QUEUE_MESSAGES",
+    "REPORT_DAYS_REFRESHED",
+    "REPORT_DAYS_STALE",
+    "REPORT_REFRESH_SECONDS",
     "REPORT_SECONDS",
 ]
 
@@ -53,4 +56,18 @@ REPORT_SECONDS = Histogram(
     "Time to answer a report or search request, by report.",
     ["report"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REPORT_DAYS_REFRESHED = Counter(
+    "livedesk_analytics_report_days_refreshed_total",
+    "Report days (tenant, UTC day) whose pre-aggregate was re-computed (daily.py).",
+)
+REPORT_DAYS_STALE = Gauge(
+    "livedesk_analytics_report_days_stale",
+    "Report days changed since their last pre-aggregation, counted at the end of the last"
+    " refresh round; reports compute them live until the next one.",
+)
+REPORT_REFRESH_SECONDS = Histogram(
+    "livedesk_analytics_report_refresh_seconds",
+    "Duration of one refresh round of the report days (its _count: rounds run).",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
 )

@@ -2,7 +2,8 @@
 
 Start-up, in order: open the store (ClickHouse server or chDB), apply the
 schema migrations, connect to RabbitMQ, serve HTTP (reports, search and ops
-routes), start consuming and polling the queue depth. On
+routes), start consuming, polling the queue depth and re-computing the
+report days changed (``daily.py``). On
 SIGTERM, the reverse: report "draining" on /readyz, stop consuming (in-flight
 events finish and their batch is written, the rest stay in the queue), write
 anything still pending, stop HTTP, close RabbitMQ, close the store.
@@ -14,6 +15,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from livedesk.analytics.api import create_app
+from livedesk.analytics.daily import DailyRefresher
 from livedesk.analytics.ingest import EventIngestor
 from livedesk.analytics.lag import QueueDepthMonitor
 from livedesk.analytics.schema import migrate
@@ -103,6 +105,11 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown, verifier: TokenVe
         lag = QueueDepthMonitor(connection, consumer.topology.name, settings.lag_poll_interval)
         lag.start()
         stack.push_async_callback(lag.stop)
+        refresher = DailyRefresher(
+            store, settings.report_refresh_interval, settings.clickhouse_cluster
+        )
+        refresher.start()
+        stack.push_async_callback(refresher.stop)
         log.info("analytics_started", store=store.target, queue=consumer.topology.name)
 
         await shutdown.wait()

@@ -1,0 +1,240 @@
+"""Keeping ``report_daily`` current: the report items of each tenant's UTC days, pre-aggregated.
+
+Every summary the ingester (re-)computes marks the days its items fall on
+dirty in ``report_days`` (a materialized view, in the same INSERT: nothing is
+added to the ingester's own work). Erasure and business-hours changes mark
+days dirty too (:func:`drop_days`, :func:`mark_tenant_dirty`).
+:class:`DailyRefresher` re-computes the dirty days in the background, one day
+per statement, so a refresh never holds the store for long: each computation
+gets an id (``computed_at``, the store's clock when it started, minus a margin
+on a shared server), its rows are written, then the day is stamped with it.
+A day whose summaries change afterwards is dirty again (its marks are newer),
+and reports compute it live until the next refresh (``reports.py``), so
+reports never wait for a refresh and never see a stale day.
+
+Older computations of a day are deleted :data:`KEEP_OLD` seconds after they
+were replaced: a report that planned its query on one still finds its rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from livedesk.analytics.metrics import (
+    REPORT_DAYS_REFRESHED,
+    REPORT_DAYS_STALE,
+    REPORT_REFRESH_SECONDS,
+)
+from livedesk.analytics.reports import DURATION_KINDS, business_hours, items_sql
+from livedesk.analytics.schema import render
+from livedesk.platform.logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from livedesk.analytics.store import Store
+
+__all__ = [
+    "KEEP_OLD",
+    "DailyRefresher",
+    "Day",
+    "conversation_days",
+    "drop_days",
+    "mark_days",
+    "mark_tenant_dirty",
+    "refresh",
+]
+
+log = get_logger("livedesk.analytics.daily")
+
+KEEP_OLD = 60.0
+"""Seconds a replaced computation of a day is kept (longer than any report query)."""
+
+SERVER_MARGIN = 10.0
+"""On a shared server, seconds a computation's id is set back: a summary written
+by another replica just before may not be visible yet (its day stays dirty)."""
+
+_DAY_MS = 86_400_000
+
+_DIRTY = """
+SELECT tenant_id, day FROM report_days
+GROUP BY tenant_id, day HAVING max(dirtied_at) >= max(computed_at)
+ORDER BY tenant_id, day"""
+
+_NOW = "SELECT toUInt64(toUnixTimestamp64Micro(now64(6)))"
+
+_WRITE = """
+INSERT INTO report_daily
+SELECT tenant_id, day, computed_at, kind, inbox_id, team_id, agents, agent, n, total, vals,
+       bh_n, bh_total, bh_vals, links,
+       if(empty(slot_list), [], arrayMap(i -> toUInt32(countEqual(slot_list, i)), range(96)))
+FROM (
+    SELECT {tenant:String} AS tenant_id, toDate(at) AS day, {computed:UInt64} AS computed_at,
+           kind, inbox_id, team_id, agents, agent, count() AS n, sum(v) AS total,
+           groupArrayIf(v, kind IN {durations:Array(String)}) AS vals,
+           countIf(bh >= 0) AS bh_n, sumIf(bh, bh >= 0) AS bh_total,
+           groupArrayIf(bh, bh >= 0) AS bh_vals,
+           groupArrayIf(link, link != toDateTime64(0, 3, 'UTC')) AS links,
+           groupArrayIf(toUInt8(intDiv(toUnixTimestamp64Milli(at) % 86400000, 900000)),
+                        kind IN ('created', 'resolution')) AS slot_list
+    FROM ({items})
+    GROUP BY day, kind, inbox_id, team_id, agents, agent
+)
+SETTINGS use_skip_indexes_if_final_exact_mode = 0"""
+
+_STAMP = """
+INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
+VALUES ({tenant:String}, {day:Date}, 0, {computed:UInt64})"""
+
+_OLD = """
+SELECT tenant_id, day, computed_at FROM report_daily
+WHERE tenant_id IN {tenants:Array(String)} AND computed_at < {before:UInt64}
+GROUP BY tenant_id, day, computed_at
+HAVING (tenant_id, day, computed_at) NOT IN (
+    SELECT tenant_id, day, max(computed_at) FROM report_days
+    WHERE tenant_id IN {tenants:Array(String)} GROUP BY tenant_id, day)"""
+
+_DELETE_OLD = (
+    "DELETE FROM report_daily{local} {on_cluster} WHERE (tenant_id, day, computed_at) IN "
+    "(SELECT arrayJoin({old:Array(Tuple(String, Date, UInt64))}))"
+)
+
+_MARK_TENANT = """
+INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
+SELECT tenant_id, day, toUInt64(toUnixTimestamp64Micro(now64(6))), 0 FROM report_days
+WHERE tenant_id = {tenant:String} GROUP BY tenant_id, day"""
+
+# Every day from a conversation's first to its last counted instant (a
+# superset of its item days, so nothing it counted in stays clean).
+_CONVERSATION_DAYS = """
+SELECT DISTINCT tenant_id,
+       toDate(first_at) + arrayJoin(range(toUInt32(toDate(last_at) - toDate(first_at)) + 1)) AS day
+FROM conversation_summary FINAL
+WHERE (tenant_id, conversation_id) IN (SELECT arrayJoin({keys:Array(Tuple(String, String))}))"""
+
+_MARK_DAYS = """
+INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
+SELECT d.1, d.2, toUInt64(toUnixTimestamp64Micro(now64(6))), 0
+FROM (SELECT arrayJoin({days:Array(Tuple(String, Date))}) AS d)"""
+
+_DELETE_DAYS = (
+    "DELETE FROM report_daily{local} {on_cluster} WHERE (tenant_id, day) IN "
+    "(SELECT arrayJoin({days:Array(Tuple(String, Date))}))"
+)
+
+
+async def mark_tenant_dirty(store: Store, tenant_id: str) -> None:
+    """Make every pre-aggregated day of ``tenant_id`` live until re-computed (business hours)."""
+    await store.command(_MARK_TENANT, {"tenant": tenant_id})
+
+
+Day = tuple[str, dt.date]
+"""(tenant_id, UTC day)."""
+
+
+async def conversation_days(store: Store, keys: Iterable[tuple[str, str]]) -> list[Day]:
+    """Every day these conversations' values can fall on (read from their summaries)."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return []
+    rows = await store.query(_CONVERSATION_DAYS, {"keys": ordered})
+    return [(str(t), d) for t, d in rows]
+
+
+async def mark_days(store: Store, days: Sequence[Day]) -> None:
+    """Mark ``days`` dirty: reports compute them live until they are re-computed."""
+    if days:
+        await store.command(_MARK_DAYS, {"days": list(days)})
+
+
+async def drop_days(store: Store, days: Sequence[Day], cluster: str | None = None) -> None:
+    """Mark ``days`` dirty and delete every computation of them (after an erasure).
+
+    Call once the erased conversations' summaries are deleted: a computation
+    that read them before is deleted here, and stamped before this mark.
+    """
+    if days:
+        await mark_days(store, days)
+        statement = render(_DELETE_DAYS, cluster)
+        assert statement is not None
+        await store.command(statement, {"days": list(days)})
+
+
+async def refresh(store: Store, cluster: str | None = None) -> int:
+    """Re-compute every dirty day; how many were."""
+    rows = await store.query(_DIRTY)
+    by_tenant: dict[str, list[dt.date]] = defaultdict(list)
+    for tenant_id, day in rows:
+        by_tenant[str(tenant_id)].append(day)
+    margin = 0 if store.exclusive else int(SERVER_MARGIN * 1e6)
+    for tenant_id, days in by_tenant.items():
+        for day in days:
+            # The id first: whatever changes after it is read marks the day dirty again.
+            computed = int((await store.query(_NOW))[0][0]) - margin
+            # Hours read after the id: a change written before it is seen here,
+            # one written after it marks the tenant's days dirty again.
+            hours = await business_hours(store, tenant_id)
+            start = (day - dt.date(1970, 1, 1)).days * _DAY_MS
+            items, parameters = items_sql(hours, [(start, start + _DAY_MS)])
+            await store.command(
+                _WRITE.replace("{items}", items),
+                {
+                    **parameters,
+                    "tenant": tenant_id,
+                    "computed": computed,
+                    "durations": list(DURATION_KINDS),
+                },
+            )
+            await store.command(_STAMP, {"tenant": tenant_id, "day": day, "computed": computed})
+            REPORT_DAYS_REFRESHED.inc()
+    if by_tenant:
+        await _delete_old(store, sorted(by_tenant), cluster)
+    return len(rows)
+
+
+async def _delete_old(store: Store, tenants: list[str], cluster: str | None) -> None:
+    now = int((await store.query(_NOW))[0][0])
+    old = await store.query(_OLD, {"tenants": tenants, "before": now - int(KEEP_OLD * 1e6)})
+    if old:
+        statement = render(_DELETE_OLD, cluster)
+        assert statement is not None
+        await store.command(statement, {"old": [(str(t), d, int(c)) for t, d, c in old]})
+
+
+class DailyRefresher:
+    """Runs :func:`refresh` every ``interval`` seconds in the background until stopped."""
+
+    def __init__(self, store: Store, interval: float, cluster: str | None = None) -> None:
+        self._store = store
+        self._interval = interval
+        self._cluster = cluster
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start refreshing (the first round at once)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="report-daily")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                with REPORT_REFRESH_SECONDS.time():
+                    days = await refresh(self._store, self._cluster)
+                    stale = await self._store.query(f"SELECT count() FROM ({_DIRTY})")
+                REPORT_DAYS_STALE.set(int(stale[0][0]))
+                if days:
+                    log.debug("report_days_refreshed", days=days)
+            except Exception as exc:  # retried next round; reports stay exact meanwhile
+                log.warning("report_days_refresh_failed", error=repr(exc))
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        """Stop after the statement in progress."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

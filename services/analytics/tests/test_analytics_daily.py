@@ -1,0 +1,253 @@
+"""Reports read from the per-day pre-aggregates (daily.py) give exactly the live numbers.
+
+Each test computes the reports live first (no day pre-aggregated yet), then
+refreshes and checks that the range's days are now read pre-aggregated and
+that every number is the same; and that whatever changes a day after it was
+pre-aggregated (a late event, business hours, an erasure) is counted at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from livedesk.analytics import daily, reports
+from livedesk.analytics.api import create_app
+from livedesk.analytics.reports import ReportFilter
+from livedesk.contracts.events.v1.conversation_pb2 import ConversationPurged
+from livedesk.platform.auth import AuthSettings, load_issuer, load_verifier
+from livedesk.platform.bus import new_event
+from livedesk.platform.health import HealthChecks
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from livedesk.analytics.store import Store
+    from livedesk.platform.bus import Envelope
+
+    Ingest = Callable[[Store, list[Envelope]], Awaitable[None]]
+
+TENANT = "tenant-a"
+MONDAY = dt.datetime(2024, 5, 6, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+DAY = dt.timedelta(days=1)
+WEB_HOURS = ("web", "Europe/Paris", [11 * 3600 + 60, 12 * 3600 + 600], [12 * 3600 + 300, 19 * 3600])
+RANGES = [
+    ReportFilter(TENANT, MONDAY, MONDAY + DAY),
+    ReportFilter(TENANT, MONDAY + 9 * HOUR + dt.timedelta(minutes=45), MONDAY + DAY),
+    ReportFilter(TENANT, MONDAY - DAY, MONDAY + 2 * DAY),
+    ReportFilter(TENANT, MONDAY - DAY, MONDAY + 2 * DAY, inbox_id="web"),
+    ReportFilter(TENANT, MONDAY, MONDAY + DAY, team_id="support"),
+    ReportFilter(TENANT, MONDAY - DAY, MONDAY + DAY, agent_id="a1"),
+    ReportFilter(TENANT, MONDAY + 10 * HOUR, MONDAY + 2 * DAY + 3 * HOUR),
+]
+
+
+async def _hours(store: Store, windows: tuple[str, str, list[int], list[int]] = WEB_HOURS) -> None:
+    await store.insert(
+        "inbox_business_hours",
+        [(TENANT, *windows, 1, time.time_ns())],
+        ("tenant_id", "inbox_id", "time_zone", "starts", "ends", "enabled", "version"),
+    )
+
+
+async def _setup(store: Store, ingest: Ingest, events: list[Envelope]) -> None:
+    await ingest(store, events)
+    await _hours(store)
+    await store.insert(
+        "tenant_settings", [(TENANT, "Europe/Paris", 1)], ("tenant_id", "time_zone", "version")
+    )
+
+
+async def _reports(store: Store, flt: ReportFilter) -> dict[str, Any]:
+    return {
+        "overview": await reports.overview(store, flt),
+        "agents": await reports.breakdown(store, flt, "agent"),
+        "inboxes": await reports.breakdown(store, flt, "inbox"),
+        "teams": await reports.breakdown(store, flt, "team"),
+        "hourly": await reports.volume(store, flt, "hour"),
+        "daily": await reports.volume(store, flt, "day"),
+        "weekly": await reports.volume(store, flt, "week"),
+        "heatmap": await reports.heatmap(store, flt),
+    }
+
+
+async def _all(store: Store) -> list[dict[str, Any]]:
+    return [await _reports(store, flt) for flt in RANGES]
+
+
+async def _clean_days(store: Store, flt: ReportFilter) -> list[dt.date]:
+    return [day for day, _, _ in (await reports.day_plan(store, flt)).clean]
+
+
+async def test_pre_aggregated_days_give_the_live_numbers(
+    migrated: Store, history: list[Envelope], ingest_events: Ingest
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    assert await _clean_days(migrated, RANGES[0]) == []
+    live = await _all(migrated)
+    assert live[0]["overview"]["conversations_created"] == 3  # the live path is the reference
+    assert await daily.refresh(migrated) >= 2  # tenant-a's Monday, tenant-b's
+    plan = await reports.day_plan(migrated, RANGES[0])
+    assert [d for d, _, _ in plan.clean] == [MONDAY.date()]
+    assert plan.live == ()  # the whole range is read pre-aggregated
+    assert await _all(migrated) == live
+    assert await daily.refresh(migrated) == 0  # nothing changed since
+
+
+async def test_conversations_spanning_days_count_once_per_range(
+    migrated: Store, builder: Any, ingest_events: Ingest
+) -> None:
+    h = builder()
+    # d1: resolved on Monday by a1, reopened on Tuesday, resolved again by a2, rated.
+    h.created("d1", "09:00", "web", team="sales")
+    h.assigned("d1", "09:01", "a1")
+    h.message("d1", "09:02", "a1", "hello")
+    h.resolved("d1", "10:00", "a1")
+    h.reopened("d1", "33:00")  # Tuesday 09:00
+    h.assigned("d1", "33:01", "a1")
+    h.assigned("d1", "33:02", "a2")
+    h.resolved("d1", "34:00", "a2")
+    h.csat("d1", "34:05", 4, "a2")
+    # d2: open from Monday to Wednesday, nothing counted on Tuesday.
+    h.created("d2", "12:00", "email")
+    h.resolved("d2", "60:00", "a3")
+    await ingest_events(migrated, h.events)
+    monday = ReportFilter(TENANT, MONDAY, MONDAY + DAY)
+    both = ReportFilter(TENANT, MONDAY, MONDAY + 2 * DAY)
+    ranges = [monday, both, ReportFilter(TENANT, MONDAY + DAY, MONDAY + 2 * DAY)]
+    live = [await _reports(migrated, flt) for flt in ranges]
+    await daily.refresh(migrated)
+    assert await _clean_days(migrated, both) == [MONDAY.date(), (MONDAY + DAY).date()]
+    assert [await _reports(migrated, flt) for flt in ranges] == live
+    whole = live[1]
+    assert whole["overview"]["conversations_resolved"] == 1
+    assert whole["overview"]["resolution_time"]["count"] == 2  # each resolve counts
+    assert whole["overview"]["csat"]["rated_conversations"] == 1
+    agents = {r["agent_id"]: r for r in whole["agents"]}
+    # a1 was assigned on both days: one conversation handled; the last resolve is a2's.
+    assert agents["a1"]["conversations_handled"] == 1
+    assert (agents["a1"]["conversations_resolved"], agents["a2"]["conversations_resolved"]) == (
+        0,
+        1,
+    )
+    assert {r["agent_id"]: r["conversations_resolved"] for r in live[0]["agents"]} == {"a1": 1}
+    # A breakdown lists what has something counted in the range: not d2's inbox on Tuesday.
+    assert [r["inbox_id"] for r in live[2]["inboxes"]] == ["web"]
+    assert [r["inbox_id"] for r in live[1]["inboxes"]] == ["email", "web"]
+
+
+async def test_a_late_event_makes_its_days_live_until_refreshed(
+    migrated: Store, history: list[Envelope], builder: Any, ingest_events: Ingest
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    await daily.refresh(migrated)
+    before = await _all(migrated)
+    late = builder()
+    late.assigned("c3", "13:30", "a1")  # c3 waited 30 minutes
+    late.message("c3", "13:40", "a1", "sorry for the wait")
+    late.resolved("c3", "30:00", "a1")  # Tuesday 06:00
+    await ingest_events(migrated, late.events)
+    assert await _clean_days(migrated, RANGES[2]) == []  # Monday and Tuesday changed
+    after = await _all(migrated)
+    assert (
+        after[0]["overview"]["wait_time"]["count"]
+        == before[0]["overview"]["wait_time"]["count"] + 1
+    )
+    assert after[2]["overview"]["conversations_resolved"] == 3
+    await daily.refresh(migrated)
+    assert await _clean_days(migrated, RANGES[2]) == [MONDAY.date(), (MONDAY + DAY).date()]
+    assert await _all(migrated) == after
+
+
+async def test_changed_business_hours_apply_to_pre_aggregated_days(
+    migrated: Store, history: list[Envelope], ingest_events: Ingest
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    await daily.refresh(migrated)
+    auth = AuthSettings(livedesk_env="test")
+    admin = load_issuer(auth).issue(
+        subject="u1",
+        tenant_id=TENANT,
+        role="admin",
+        token_type="access",
+        ttl=dt.timedelta(minutes=5),
+    )
+    app = create_app(migrated, HealthChecks(), load_verifier(auth))
+    body = {"time_zone": "UTC", "windows": [{"weekday": 1, "start": "09:00", "end": "10:00"}]}
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.put(
+            "/api/v1/reports/settings/business-hours/web",
+            json=body,
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert resp.status == 200
+    assert await _clean_days(migrated, RANGES[0]) == []
+    changed = await _all(migrated)
+    # waits 120 (c1, 09:00-09:02), 600 (c1 reopened at 10:00: none inside), 60 (c2: none).
+    assert changed[0]["overview"]["wait_time"]["business_hours"]["avg"] == 40.0
+    await daily.refresh(migrated)
+    assert await _clean_days(migrated, RANGES[0]) == [MONDAY.date()]
+    assert await _all(migrated) == changed
+
+
+async def test_an_erased_conversation_leaves_the_pre_aggregates_at_once(
+    migrated: Store, history: list[Envelope], ingest_events: Ingest
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    await daily.refresh(migrated)
+    purge = new_event(
+        ConversationPurged(retention_days=30),
+        tenant_id=TENANT,
+        producer="test",
+        conversation_id="c1",
+        occurred_at=MONDAY + 3 * DAY,
+    )
+    await ingest_events(migrated, [purge])
+    rows = await migrated.query(
+        "SELECT count() FROM report_daily WHERE tenant_id = {t:String}", {"t": TENANT}
+    )
+    assert rows[0][0] == 0  # no value of c1 kept, not even aggregated
+    erased = await _all(migrated)
+    assert erased[0]["overview"]["conversations_created"] == 2
+    assert erased[0]["overview"]["csat"]["ratings"] == 0
+    await daily.refresh(migrated)
+    assert await _clean_days(migrated, RANGES[0]) == [MONDAY.date()]
+    assert await _all(migrated) == erased
+
+
+async def test_replaced_computations_are_deleted(
+    migrated: Store, history: list[Envelope], ingest_events: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    monkeypatch.setattr(daily, "KEEP_OLD", 0.0)
+    await daily.refresh(migrated)
+    await daily.mark_tenant_dirty(migrated, TENANT)
+    await daily.refresh(migrated)
+    rows = await migrated.query(
+        "SELECT DISTINCT computed_at FROM report_daily WHERE tenant_id = {t:String}",
+        {"t": TENANT},
+    )
+    assert len(rows) == 1
+    assert await _clean_days(migrated, RANGES[0]) == [MONDAY.date()]
+
+
+async def test_a_report_planned_on_a_day_that_changes_is_computed_again(
+    migrated: Store, history: list[Envelope], ingest_events: Ingest
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    await daily.refresh(migrated)
+    plans: list[reports.DayPlan] = []
+
+    async def compute(plan: reports.DayPlan) -> int:
+        plans.append(plan)
+        if len(plans) == 1:  # the day changes while the report runs
+            await daily.mark_tenant_dirty(migrated, TENANT)
+        return len(plans)
+
+    assert await reports._planned(migrated, RANGES[0], compute) == 2
+    assert [len(p.clean) for p in plans] == [1, 0]
