@@ -348,7 +348,12 @@ async def count_messages(pools: list[asyncpg.Pool], what: str = "*") -> list[int
 
 async def replica_reads(pods: list[ServiceProcess]) -> dict[str, int]:
     """The pods' ``livedesk_chat_replica_reads_total`` by outcome (summed over pods)."""
-    prefix = "livedesk_chat_replica_reads_total{"
+    return await pod_counter(pods, "livedesk_chat_replica_reads_total", "outcome")
+
+
+async def pod_counter(pods: list[ServiceProcess], name: str, label: str) -> dict[str, int]:
+    """The pods' counter ``name`` by the value of ``label`` (summed over pods)."""
+    prefix = name + "{"
     out: dict[str, int] = {}
     async with aiohttp.ClientSession() as session:
         for pod in pods:
@@ -356,7 +361,7 @@ async def replica_reads(pods: list[ServiceProcess]) -> dict[str, int]:
                 text = await resp.text()
             for line in text.splitlines():
                 if line.startswith(prefix):
-                    outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                    outcome = line.split(f'{label}="', 1)[1].split('"', 1)[0]
                     out[outcome] = out.get(outcome, 0) + int(float(line.rsplit(" ", 1)[1]))
     return out
 
@@ -477,6 +482,7 @@ async def main(args: argparse.Namespace, databases: Databases, tag: str) -> dict
             per_shard = await count_messages(pools)
             distinct = sum(await count_messages(pools, "DISTINCT (conversation_id, client_msg_id)"))
         replica = await replica_reads(pods)
+        commits = await pod_counter(pods, "livedesk_chat_group_commits_total", "unit")
         caught_up = await replica_caught_up(databases)
         metrics = json.loads(summary.read_text())["metrics"]
 
@@ -502,6 +508,10 @@ async def main(args: argparse.Namespace, databases: Databases, tag: str) -> dict
             "stored_distinct": distinct,
             "replica_reads": replica,
             "replica_caught_up": caught_up,
+            # messages per group-commit statement over the whole run (MESSAGE_BATCH_MAX)
+            "mean_batch": round(
+                commits.get("messages", 0) / max(1, commits.get("statements", 0)), 1
+            ),
             "lost": count("msgs_acked") - count("msgs_delivered"),
             "persisted_per_s": round(msgs_window / window),
             "p50_ms": round(lat.get("med", 0), 1),

@@ -7,7 +7,7 @@ together), then fans the change out to connected sockets.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from livedesk.chat.access import Principal, check_post, check_view
 from livedesk.chat.archive import ArchiveReader
@@ -126,11 +126,15 @@ class ChatActions:
         body: str,
         client_msg_id: str | None,
         team_ids: Sequence[uuid.UUID] | None = None,
+        *,
+        committed: Callable[[Message, bool], None] | None = None,
     ) -> tuple[Message, bool]:
         """Post a message; (message, created). Committed before this returns.
 
         The common case is one statement; only when it writes nothing (no such
         conversation, not allowed, resolved) is the conversation read to say why.
+        ``committed`` is called once the message is durable, before it is fanned
+        out (the WebSocket acks there, so the ack precedes the sender's own copy).
         """
         if not body.strip():
             raise Invalid("body is empty")
@@ -145,6 +149,7 @@ class ChatActions:
             guard=principal.role,
             body=body,
             client_msg_id=client_msg_id,
+            committed=committed,
         )
         if appended is None:
             conversation = await self.visible(principal, conversation_id, team_ids)
@@ -155,6 +160,8 @@ class ChatActions:
             message, created, reopened = await self.conversations.reopen_and_append(
                 conversation, principal.subject_id, body, client_msg_id
             )
+            if committed is not None:
+                committed(message, created)
             await self._announce("reopened", reopened)
         else:
             message, created = appended

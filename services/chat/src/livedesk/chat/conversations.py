@@ -17,8 +17,8 @@ import asyncio
 import datetime as dt
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 from google.protobuf.message import Message as ProtoMessage
@@ -26,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter
 
 from livedesk.chat.errors import Conflict, NotFound
+from livedesk.chat.group_commit import Append, GroupCommit, Guard
 from livedesk.chat.hot_cache import HotCache
 from livedesk.chat.index import ConversationIndex, queue_change
 from livedesk.chat.message_events import message_event_prefix
@@ -73,27 +74,6 @@ _ACTOR_KIND = {
 def actor_kind(role: str) -> ActorKind.ValueType:
     """The event's ActorKind for a caller role or sender kind."""
     return _ACTOR_KIND[role]
-
-
-_APPEND_SQL = """
-    WITH c AS (
-        UPDATE conversations SET last_seq = last_seq + 1, updated_at = $8
-        WHERE id = $1 AND tenant_id = $2 AND status <> 'resolved' AND {guard}
-        RETURNING last_seq),
-    m AS (
-        INSERT INTO messages (conversation_id, seq, id, tenant_id, sender_kind, sender_id,
-                              body, client_msg_id, created_at)
-        SELECT $1, c.last_seq, $4, $2, $5, $3, $6, $7, $8 FROM c
-        RETURNING seq),
-    o AS (
-        INSERT INTO outbox (event_id, routing_key, body)
-        SELECT $9, 'message.created', chat_with_seq($10, m.seq) FROM m)
-    SELECT seq FROM m"""
-_APPEND = {
-    "visitor": _APPEND_SQL.format(guard="visitor_id = $3"),
-    "agent": _APPEND_SQL.format(guard="agent_id = $3"),
-    "admin": _APPEND_SQL.format(guard="$3::uuid IS NOT NULL"),
-}
 
 
 _QUEUE_FROM_C = """
@@ -150,11 +130,15 @@ class ConversationStore:
         index: ConversationIndex | None = None,
         *,
         hot: HotCache | None = None,
+        batch_max: int = 100,
     ) -> None:
+        """``batch_max``: messages one group-commit statement may hold (1: one each)."""
         self._pool = pool
         self.shards = shards or Shards(ShardMap.single("(directory)"), {"main": pool})
         self.index = index or ConversationIndex(pool)
         self.hot = hot
+        self._batch_max = batch_max
+        self._writers: dict[int, GroupCommit] = {}
         self._seen: OrderedDict[uuid.UUID, tuple[int, int]] = OrderedDict()
         self.replica_reads = 0
         self.replica_fallbacks = 0
@@ -164,6 +148,12 @@ class ConversationStore:
 
     def _primary(self, conversation_id: uuid.UUID) -> asyncpg.Pool:
         return self.shards.primary(conversation_id)
+
+    def _group_commit(self, shard: asyncpg.Pool) -> GroupCommit:
+        writer = self._writers.get(id(shard))
+        if writer is None:
+            writer = self._writers[id(shard)] = GroupCommit(shard, max_batch=self._batch_max)
+        return writer
 
     def _note(self, conversation_id: uuid.UUID, seq: int = 0, version: int = 0) -> None:
         """Remember that (seq, index_version) of the conversation exist (never decreases)."""
@@ -507,12 +497,16 @@ class ConversationStore:
         conversation_id: uuid.UUID,
         sender_kind: SenderKind,
         sender_id: uuid.UUID,
-        guard: Literal["visitor", "agent", "admin"],
+        guard: Guard,
         body: str,
         client_msg_id: str | None,
         conn: Connection | None = None,
+        committed: Callable[[Message, bool], None] | None = None,
     ) -> tuple[Message, bool] | None:
         """Append a message with the next ``seq``, in one statement; (message, created).
+
+        Outside a caller's transaction (``conn``), concurrent appends to one
+        database share a statement and a commit (:mod:`livedesk.chat.group_commit`).
 
         The conversation row must belong to the tenant, not be resolved, and
         match ``guard`` (the visitor's own, or assigned to the agent; admins
@@ -521,6 +515,8 @@ class ConversationStore:
         lock, so it is gap-free and strictly increasing; the message and its
         ``message.created`` outbox row commit together. A retry with the same
         ``client_msg_id`` returns the original message (``created`` False).
+        ``committed`` is called with that result as soon as it is durable, before
+        the write-through to the hot cache (the sender's ack need not wait for it).
         """
         message_id, created_at, event_id = uuid7(), dt.datetime.now(dt.UTC), uuid7_str()
         prefix = message_event_prefix(
@@ -535,21 +531,16 @@ class ConversationStore:
             created_at=created_at,
             producer=PRODUCER,
         )
+        item = Append(
+            conversation_id, tenant_id, sender_id, guard, message_id, sender_kind, body,
+            client_msg_id, created_at, event_id, prefix,
+        )  # fmt: skip
         db: Connection | asyncpg.Pool = conn or self._primary(conversation_id)
         try:
-            seq = await db.fetchval(
-                _APPEND[guard],
-                conversation_id,
-                tenant_id,
-                sender_id,
-                message_id,
-                sender_kind,
-                body,
-                client_msg_id,
-                created_at,
-                event_id,
-                prefix,
-            )
+            if conn is None:
+                seq = await self._group_commit(self._primary(conversation_id)).append(item)
+            else:
+                seq = await item.one(conn)
         except asyncpg.UniqueViolationError:
             if client_msg_id is None:
                 raise
@@ -563,7 +554,10 @@ class ConversationStore:
             )
             if original is None:
                 raise
-            return record(Message, original), False
+            duplicate: Message = record(Message, original)
+            if committed is not None:
+                committed(duplicate, False)
+            return duplicate, False
         if seq is None:
             return None
         self._note(conversation_id, seq)
@@ -572,6 +566,8 @@ class ConversationStore:
             client_msg_id, created_at,
         )  # fmt: skip
         if conn is None:  # committed: write through (inside a caller's transaction, it does)
+            if committed is not None:
+                committed(message, True)
             await self._cache(message)
         return message, True
 

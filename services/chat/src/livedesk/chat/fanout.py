@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from livedesk.chat.redis_batch import CommandBatcher
 from livedesk.platform.logging import get_logger
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 RESYNC_FRAME = '{"type":"resync"}'
+PUBLISH_TIMEOUT = 5.0
+"""Seconds a round trip of publishes may take before they count as lost."""
 
 
 log = get_logger("livedesk.chat.fanout")
@@ -87,8 +89,12 @@ class Hub:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
+        # Publishes of concurrent senders share round trips, in the order issued.
+        self._publisher = CommandBatcher(redis, timeout=PUBLISH_TIMEOUT)
         self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+        # A channel's listener, or a set of them once there are several: most
+        # channels (a conversation's) have one socket per pod, and a set costs 200 bytes.
+        self._listeners: dict[str, Listener | set[Listener]] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -110,35 +116,48 @@ class Hub:
     async def publish(self, channel: str, frame: str) -> None:
         """Send ``frame`` to every pod listening on ``channel`` (at most once)."""
         try:
-            await self._redis.publish(channel, frame)
-        except (RedisError, OSError) as exc:
+            await self._publisher.execute("PUBLISH", channel, frame)
+        except (RedisError, OSError, TimeoutError) as exc:
             # Clients recover the message through seq gaps; log and carry on.
             log.warning("fanout_publish_failed", channel=channel, error=repr(exc))
 
     async def join(self, channel: str, listener: Listener) -> None:
         """Deliver ``channel``'s frames to ``listener``."""
         async with self._lock:
-            first = not self._listeners[channel]
-            self._listeners[channel].add(listener)
-            if first:
+            current = self._listeners.get(channel)
+            if current is None:
+                self._listeners[channel] = listener
                 await self._pubsub.subscribe(channel)
+            elif isinstance(current, set):
+                current.add(listener)
+            elif current is not listener:
+                self._listeners[channel] = {current, listener}
 
     async def leave(self, channel: str, listener: Listener) -> None:
         """Stop delivering ``channel`` to ``listener``."""
         async with self._lock:
-            listeners = self._listeners.get(channel)
-            if not listeners or listener not in listeners:
+            current = self._listeners.get(channel)
+            if isinstance(current, set):
+                current.discard(listener)
+                if len(current) > 1:
+                    return
+                if current:
+                    self._listeners[channel] = current.pop()
+                    return
+            elif current is None or current is not listener:
                 return
-            listeners.discard(listener)
-            if not listeners:
-                del self._listeners[channel]
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+            del self._listeners[channel]
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(channel)
 
     def deliver_local(self, channel: str, frame: str) -> None:
         """Hand ``frame`` to this pod's listeners of ``channel``."""
-        for listener in tuple(self._listeners.get(channel, ())):
-            listener.deliver(frame)
+        current = self._listeners.get(channel)
+        if isinstance(current, set):
+            for listener in tuple(current):
+                listener.deliver(frame)
+        elif current is not None:
+            current.deliver(frame)
 
     async def _route(self) -> None:
         while True:
@@ -164,6 +183,11 @@ class Hub:
                 await self._pubsub.subscribe(*channels)
             # Frames published while we were away are gone: tell every local
             # socket to fetch what it missed (by seq) instead of waiting for a gap.
-            listeners = {x for group in self._listeners.values() for x in group}
+            listeners: set[Listener] = set()
+            for current in self._listeners.values():
+                if isinstance(current, set):
+                    listeners |= current
+                else:
+                    listeners.add(current)
         for listener in listeners:
             listener.deliver(RESYNC_FRAME)

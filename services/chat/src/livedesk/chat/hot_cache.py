@@ -35,9 +35,10 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from livedesk.chat.models import Message
+from livedesk.chat.redis_batch import CommandBatcher
 from livedesk.chat.settings import ChatSettings
 from livedesk.platform.logging import get_logger
 
@@ -182,6 +183,8 @@ class HotCache:
         self.prefix = prefix
         self.stats = HotCacheStats()
         self._append = redis.register_script(_APPEND)
+        # Write-throughs of concurrent senders share round trips.
+        self._writes = CommandBatcher(redis, timeout=timeout)
         self._read = redis.register_script(_READ)
         self._failing_since: float | None = None
         self._bypass_until = 0.0
@@ -200,11 +203,13 @@ class HotCache:
             return
         cid = message.conversation_id
         try:
+            keys = [self.key(cid), self._tombstone(cid)]
+            args: list[bytes | int] = [message.seq, _encode(message), self.max_messages, self.ttl]
             async with asyncio.timeout(self.timeout):
-                await self._append(
-                    keys=[self.key(cid), self._tombstone(cid)],
-                    args=[message.seq, _encode(message), self.max_messages, self.ttl],
-                )
+                try:
+                    await self._writes.execute("EVALSHA", self._append.sha, 2, *keys, *args)
+                except NoScriptError:  # a fresh or flushed Redis: this call loads it
+                    await self._append(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             # The next append finds the hole and starts the set again after it.
             self.stats.write_errors += 1

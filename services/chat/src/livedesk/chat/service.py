@@ -184,7 +184,9 @@ async def main(shutdown: Shutdown) -> None:
         hot = open_hot_cache(settings, redis)
         if hot is not None and hot.redis is not redis:
             stack.push_async_callback(hot.redis.aclose)
-        conversations = ConversationStore(pool, shards, index, hot=hot)
+        conversations = ConversationStore(
+            pool, shards, index, hot=hot, batch_max=settings.message_batch_max
+        )
         archive = settings.open_archive_store()
         stack.push_async_callback(archive.aclose)
         actions = ChatActions(

@@ -38,6 +38,7 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     ws_replay_limit: int = Field(500, ge=10, le=10_000)
     presence_interval: float = Field(5, gt=0, le=300)
     outbox_poll_interval: float = Field(0.05, gt=0, le=10)
+    message_batch_max: int = Field(100, ge=1, le=1000)
 
     # Sharding and read replicas (docs/sharding.md). Unset: one database, DATABASE_URL.
     chat_shards: str = ""

@@ -3,12 +3,15 @@
 A slow client can never stall a fan-out loop or grow the pod's memory: frames
 go into a bounded queue that one writer task drains; when the queue is full
 the client is disconnected (close code 4008) and resumes by seq on reconnect.
+The usual case skips the queue: a frame for a socket with nothing queued and
+room in its transport's buffer is written at once, without a task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import uuid
 from collections import defaultdict, deque
 
@@ -26,6 +29,19 @@ CLOSE_RESTART = 1012  # the server restarts: reconnect (to another pod)
 CLOSE_POLICY = 1008  # flooding or other abuse
 CLOSE_SLOW = 4008  # the client did not read its frames fast enough
 
+WRITE_BUFFER_LIMIT = 64 * 1024
+"""Bytes a transport may hold unsent before frames wait in the queue for it to drain."""
+
+
+def text_frame(data: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455 5.2: servers do not mask)."""
+    size = len(data)
+    if size < 126:
+        return bytes((0x81, size)) + data
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + data
+    return struct.pack("!BBQ", 0x81, 127, size) + data
+
 
 class ClientSocket:
     """A connected, authenticated client."""
@@ -36,10 +52,10 @@ class ClientSocket:
         "_closing",
         "_limit",
         "_pending",
+        "_transport",
         "_writer",
         "bucket",
         "channels",
-        "id",
         "principal",
         "subscriptions",
         "team_ids",
@@ -55,9 +71,11 @@ class ClientSocket:
         queue_size: int,
         bucket: TokenBucket,
         user_bucket: TokenBucket,
+        transport: asyncio.Transport | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        """``transport``: the connection's, for writes that need no queue (None: always queue)."""
         self.ws = ws
+        self._transport = transport
         self.principal = principal
         self.bucket = bucket
         self.user_bucket = user_bucket
@@ -67,7 +85,7 @@ class ClientSocket:
         self.violations = 0
         # Frames waiting to be written, and the writer task that exists only while
         # there are some: an idle socket costs no task, no future, no queue.
-        self._pending: deque[str] = deque()
+        self._pending: deque[str] | None = None
         self._limit = queue_size
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -77,13 +95,33 @@ class ClientSocket:
         """Queue a frame for this client; disconnect it if it has fallen too far behind."""
         if self._closing:
             return
-        if len(self._pending) >= self._limit:
-            log.warning("ws_slow_consumer", socket=self.id, subject=str(self.principal.subject_id))
+        if self._writer is None and self._write_now(frame):
+            return
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        if len(pending) >= self._limit:
+            log.warning("ws_slow_consumer", socket=id(self), subject=str(self.principal.subject_id))
             self.close_soon(CLOSE_SLOW, "too slow: reconnect and resume")
             return
-        self._pending.append(frame)
+        pending.append(frame)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def _write_now(self, frame: str) -> bool:
+        """Write ``frame`` if nothing is queued before it and the transport has room."""
+        transport = self._transport
+        if (
+            transport is None
+            or self.ws.closed
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT
+        ):
+            return False
+        # One write of a whole frame: it cannot interleave with aiohttp's own
+        # frames (pings, close), which it also writes whole.
+        transport.write(text_frame(frame.encode()))
+        return True
 
     def allow(self) -> bool:
         """Spend a rate token for a client frame (per connection and per user)."""
@@ -92,13 +130,15 @@ class ClientSocket:
     async def _write(self) -> None:
         # One writer at a time keeps frames in order; it ends when nothing is left
         # (deliver() cannot run between the last check and the reset: no await there).
+        pending = self._pending
         try:
-            while self._pending:
-                await self.ws.send_str(self._pending.popleft())
+            while pending:
+                await self.ws.send_str(pending.popleft())
         except (ConnectionError, RuntimeError):
-            self._pending.clear()  # the peer went away; the reader notices and cleans up
+            pass  # the peer went away; the reader notices and cleans up
         finally:
             self._writer = None
+            self._pending = None  # an empty deque still holds a 64-slot block
 
     def close_soon(self, code: int, reason: str, *, flush: bool = False) -> None:
         """Close with ``code`` without waiting here; ``flush`` first sends what is queued."""
@@ -110,7 +150,7 @@ class ClientSocket:
             )
             return
         self._closing = True
-        self._pending.clear()
+        self._pending = None
         if self._writer is not None:
             self._writer.cancel()
         self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -132,7 +172,7 @@ class ClientSocket:
     async def stop_writer(self) -> None:
         """End the writer task (the socket is gone)."""
         self._closing = True
-        self._pending.clear()
+        self._pending = None
         writer = self._writer
         if writer is not None:
             writer.cancel()
@@ -148,13 +188,14 @@ class SocketRegistry:
         self._user_rate = user_rate
         self._user_burst = user_burst
         self.sockets: set[ClientSocket] = set()
-        self._by_user: dict[uuid.UUID, set[ClientSocket]] = defaultdict(set)
+        # Sockets per user: a count, not a set per user (most users have one socket).
+        self._by_user: dict[uuid.UUID, int] = {}
         self._user_buckets: dict[uuid.UUID, TokenBucket] = {}
         self.draining = False
 
     def has_room(self, principal: Principal) -> bool:
         """True when this user may open another socket here."""
-        return len(self._by_user.get(principal.subject_id, ())) < self.per_user
+        return self._by_user.get(principal.subject_id, 0) < self.per_user
 
     def user_bucket(self, principal: Principal) -> TokenBucket:
         """The rate bucket shared by all of this user's sockets on this pod."""
@@ -166,19 +207,23 @@ class SocketRegistry:
 
     def add(self, socket: ClientSocket) -> None:
         """Register a new socket."""
-        self.sockets.add(socket)
-        self._by_user[socket.principal.subject_id].add(socket)
+        if socket not in self.sockets:
+            self.sockets.add(socket)
+            user = socket.principal.subject_id
+            self._by_user[user] = self._by_user.get(user, 0) + 1
 
     def remove(self, socket: ClientSocket) -> None:
         """Forget a closed socket."""
+        if socket not in self.sockets:
+            return
         self.sockets.discard(socket)
         user = socket.principal.subject_id
-        mine = self._by_user.get(user)
-        if mine is not None:
-            mine.discard(socket)
-            if not mine:
-                del self._by_user[user]
-                self._user_buckets.pop(user, None)
+        left = self._by_user.get(user, 1) - 1
+        if left > 0:
+            self._by_user[user] = left
+        else:
+            self._by_user.pop(user, None)
+            self._user_buckets.pop(user, None)
 
     def staff_online(self) -> dict[uuid.UUID, set[uuid.UUID]]:
         """Agents and admins with a live console here, by tenant."""

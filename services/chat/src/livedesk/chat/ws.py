@@ -20,6 +20,7 @@ from livedesk.chat.api_support import validation_message
 from livedesk.chat.errors import ChatError, Invalid, from_database
 from livedesk.chat.fanout import console_channels, conversation_channel
 from livedesk.chat.frames import dumps, error_frame, message_json
+from livedesk.chat.models import Message
 from livedesk.chat.protocol import (
     CLIENT_FRAME,
     Fetch,
@@ -111,6 +112,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         settings.ws_send_queue,
         TokenBucket(settings.ws_messages_per_second, settings.ws_message_burst),
         ctx.registry.user_bucket(principal),
+        request.transport,
     )
     ctx.registry.add(socket)
     session = _Session(ctx, socket)
@@ -241,26 +243,29 @@ class _Session:
                 await self._presence(frame)
 
     async def _send(self, frame: Send) -> None:
-        message, created = await self.actions.send(
+        def ack(message: Message, created: bool) -> None:
+            self.socket.deliver(
+                dumps(
+                    {
+                        "type": "ack",
+                        "ref": frame.id,
+                        "client_msg_id": frame.client_msg_id,
+                        "conversation_id": str(message.conversation_id),
+                        "message_id": str(message.id),
+                        "seq": message.seq,
+                        "created_at": message.created_at.isoformat(),
+                        "duplicate": not created,
+                    }
+                )
+            )
+
+        await self.actions.send(
             self.principal,
             frame.conversation_id,
             frame.body,
             frame.client_msg_id,
             self.socket.team_ids,
-        )
-        self.socket.deliver(
-            dumps(
-                {
-                    "type": "ack",
-                    "ref": frame.id,
-                    "client_msg_id": frame.client_msg_id,
-                    "conversation_id": str(message.conversation_id),
-                    "message_id": str(message.id),
-                    "seq": message.seq,
-                    "created_at": message.created_at.isoformat(),
-                    "duplicate": not created,
-                }
-            )
+            committed=ack,
         )
 
     async def _subscribe(self, frame: Subscribe) -> None:
