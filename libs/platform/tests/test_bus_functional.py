@@ -12,7 +12,10 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
+from livedesk.contracts.events.v1.conversation_pb2 import (
+    ConversationCreated,
+    ConversationResolved,
+)
 from livedesk.platform.bus import (
     DUPLICATE,
     Envelope,
@@ -26,6 +29,7 @@ from livedesk.platform.bus import (
 )
 from livedesk.platform.bus.consumer import ATTEMPT_HEADER, REASON_HEADER
 from livedesk.platform.bus.idempotency import PgIdempotency
+from livedesk.platform.bus.publisher import WRITE_CHUNK
 from livedesk.platform.errors import DependencyError, PublishError, UnroutableError
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import Connection, create_pool, migrate
@@ -196,6 +200,73 @@ async def test_unroutable_event_raises(publisher: EventPublisher) -> None:
     # No queue is bound on this test's private exchange: mandatory makes it come back.
     with pytest.raises(UnroutableError):
         await publisher.publish(created())
+
+
+async def test_publish_each_settles_every_event_of_a_large_batch_on_its_own(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    received: list[str] = []
+
+    async def handler(env: Envelope) -> None:
+        received.append(env.event_id)
+
+    # More events than one socket write carries; every third one has no queue bound.
+    events = [created() if i % 3 else _resolved() for i in range(2 * WRITE_CHUNK + 7)]
+    broken = created()
+    broken.event_id = "not-a-uuid"
+    async with running_consumer(connection, bus_names, handler):
+        outcomes = await publisher.publish_each([*events, broken])
+        routable = [e.event_id for e in events if e.type == "conversation.created"]
+        await wait_until(
+            lambda: _equals(len(received), len(routable)), timeout=15, what="all delivered"
+        )
+    for env, outcome in zip(events, outcomes, strict=False):
+        if env.type == "conversation.created":
+            assert outcome is None
+        else:
+            assert isinstance(outcome, UnroutableError)
+            assert env.event_id in str(outcome)
+    assert isinstance(outcomes[-1], PublishError)  # invalid: refused before sending
+    assert received == routable  # in publish order, each once
+
+
+async def test_consumer_subscribes_again_when_the_broker_cancels_it(
+    connection: AbstractRobustConnection, publisher: EventPublisher, bus_names: BusNames
+) -> None:
+    handled: set[str] = set()
+
+    async def handler(env: Envelope) -> None:
+        handled.add(env.event_id)
+
+    async with running_consumer(connection, bus_names, handler) as consumer:
+        first = created("first")
+        await publisher.publish(first)
+        await wait_until(lambda: _contains(handled, {first.event_id}), timeout=10, what="first")
+        # Deleting the queue cancels the subscription; the channel re-declares the queue
+        # and its bindings, and the consumer subscribes again.
+        channel = await connection.channel()
+        await channel.queue_delete(consumer.topology.name)
+        await channel.close()
+
+        async def published_and_handled() -> bool:
+            again = created("again")
+            try:
+                await publisher.publish(again)
+            except UnroutableError:
+                return False  # the queue is not back yet
+            await wait_until(lambda: _contains(handled, {again.event_id}), timeout=10, what="again")
+            return True
+
+        await wait_until(published_and_handled, timeout=30, interval=0.5, what="resubscribed")
+
+
+def _resolved() -> Envelope:
+    return new_event(
+        ConversationResolved(resolved_by="agent-1"),
+        tenant_id=TENANT,
+        producer="test",
+        conversation_id=uuid7_str(),
+    )
 
 
 async def test_first_connect_fails_fast() -> None:

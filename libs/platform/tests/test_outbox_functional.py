@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -13,6 +14,7 @@ from livedesk.contracts.events.v1.csat_pb2 import CsatSubmitted
 from livedesk.platform.bus import Envelope, EventPublisher, connect, new_event
 from livedesk.platform.bus.outbox import Outbox, OutboxRelay
 from livedesk.platform.bus.publisher import EncodedEvent
+from livedesk.platform.errors import PublishError
 from livedesk.platform.ids import uuid7_str
 from livedesk.platform.postgres import create_pool, migrate
 from livedesk.platform.testing import TcpProxy, wait_until
@@ -178,15 +180,19 @@ async def test_unroutable_event_does_not_hold_back_others_and_is_parked(
 
 
 class _HeldPublisher(EventPublisher):
-    """A real publisher whose caller learns of one event's confirm only when released."""
+    """A real publisher whose caller learns of one event's confirm only when released
+    (and of its neighbours' in the same call)."""
 
     held_id = ""
     release: asyncio.Event
 
-    async def publish_encoded(self, event: EncodedEvent) -> None:
-        await super().publish_encoded(event)
-        if event.event_id == self.held_id:
+    async def publish_each(
+        self, events: Sequence[Envelope | EncodedEvent]
+    ) -> list[PublishError | None]:
+        outcomes = await super().publish_each(events)
+        if any(e.event_id == self.held_id for e in events):
             await self.release.wait()
+        return outcomes
 
 
 async def test_next_round_goes_out_while_confirms_are_awaited_and_rows_go_only_after_theirs(

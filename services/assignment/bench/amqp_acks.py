@@ -3,7 +3,8 @@
     uv run python services/assignment/bench/amqp_acks.py
 
 Evidence for the platform changes recommended in docs/benchmarks/assignment.md:
-publishes N events with ``EventPublisher.publish_each`` (the outbox relay's way),
+publishes N events with ``EventPublisher.publish_each`` (the outbox relay's way;
+client CPU and the broker's CPU per message),
 then consumes them acking every message, then again acking every 100th with
 ``multiple=True``; then through the platform's ``EventConsumer`` (whatever
 version is imported: ``PYTHONPATH=<copy of libs/platform/src>`` measures
@@ -20,6 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aio_pika
+
+# This directory is on sys.path when run as a script (mypy does not know it).
+from bench import _servers_cpu  # type: ignore[import-not-found]
 
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationAssigned
 from livedesk.platform.bus import (
@@ -65,8 +69,13 @@ async def main() -> None:
         return time.process_time() - cpu, time.perf_counter() - start
 
     for mode in ("each", "multiple"):
+        broker = _servers_cpu()["rabbitmq"]
         cpu, wall = await publish()
-        print(f"publish_each: {cpu / N * 1e6:.0f} us cpu/msg, {N / wall:.0f} msgs/s")
+        broker = _servers_cpu()["rabbitmq"] - broker
+        print(
+            f"publish_each: {cpu / N * 1e6:.0f} us cpu/msg, {N / wall:.0f} msgs/s, "
+            f"rabbitmq {broker / N * 1e6:.0f} us cpu/msg"
+        )
         cch = await conn.channel()
         await cch.set_qos(prefetch_count=256)
         cq = await cch.get_queue(queue.name)

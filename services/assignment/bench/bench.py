@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -54,11 +55,12 @@ def _machine_busy() -> tuple[float, float]:
     return (sum(fields) - idle) / hz, sum(fields) / hz
 
 
-def _process_cpu(pid: int) -> float:
-    """User + system CPU seconds of one process."""
+def _process_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
 
 
 _SERVERS = {"beam.smp": "rabbitmq", "postgres": "postgres", "redis-server": "redis"}
@@ -90,7 +92,8 @@ class _Cpu:
     def __init__(self, service_pid: int | None = None) -> None:
         self.service_pid = service_pid
         self.own = time.process_time()
-        self.service = _process_cpu(service_pid) if service_pid else 0.0
+        self.service = _process_times(service_pid) if service_pid else (0.0, 0.0)
+        self.own_sys = os.times().system
         self.servers = _servers_cpu()
         self.busy, self.total = _machine_busy()
 
@@ -103,10 +106,16 @@ class _Cpu:
             "machine_busy_pct": round((busy - self.busy) / (total - self.total) * 100),
             "machine_cpu_us_per_decision": round((busy - self.busy) / decisions * 1e6),
         }
+        # The kernel's share (system time): mostly socket I/O.
+        out[f"{own_name}_sys_us_per_decision"] = round(
+            (os.times().system - self.own_sys) / decisions * 1e6
+        )
         if self.service_pid:
+            user, system = _process_times(self.service_pid)
             out["service_cpu_us_per_decision"] = round(
-                (_process_cpu(self.service_pid) - self.service) / decisions * 1e6
+                (user + system - sum(self.service)) / decisions * 1e6
             )
+            out["service_sys_us_per_decision"] = round((system - self.service[1]) / decisions * 1e6)
         # Approximate: PostgreSQL backends that exit during the run count once reaped.
         for name, seconds in _servers_cpu().items():
             out[f"{name}_cpu_us_per_decision"] = round(
@@ -327,6 +336,7 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
             lambda: _true(setup_events >= 2 * AGENTS), timeout=120, what="setup events"
         )
         assert proc.proc is not None
+        profiler = await _start_profiler(proc.proc.pid)
         cpu = _Cpu(proc.proc.pid)
         publisher = await EventPublisher.create(conn, exchange)
         start = time.perf_counter()
@@ -346,6 +356,8 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
             await publisher.publish_many(envs)
         await asyncio.wait_for(done.wait(), 300)
         elapsed = time.perf_counter() - start
+        cpu_report = cpu.report(CONVERSATIONS)
+        await _stop_profiler(profiler)
         await publisher.close()
         db = await asyncpg.connect(dsn)
         transactions = await _record_transactions(db)
@@ -358,7 +370,7 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
             "record_transactions": transactions,
-            **cpu.report(CONVERSATIONS),
+            **cpu_report,
         }
         # Paced run: a steady rate well under the ceiling, to see latency when agents are free.
         latencies.clear()
@@ -374,6 +386,8 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
         result["paced_rate_per_s"] = round(len(ids) / (time.perf_counter() - sent_at[ids[0]]))
         result["paced_p50_ms"] = round(statistics.median(latencies) * 1000, 1)
         result["paced_p99_ms"] = round(latencies[int(len(latencies) * 0.99)] * 1000, 1)
+        # The replica first: alive, it would declare its queues again once they are gone.
+        proc.stop_quietly()
         for base in ("assignment", "sink"):
             name = f"{qprefix}{base}"
             for q in (name, f"{name}.dlq", *(f"{name}.retry.{i}" for i in range(3))):
@@ -387,6 +401,29 @@ async def end_to_end(servers: Any, tmp: Path) -> dict[str, Any]:
         await delete_prefix(client, prefix)
         await client.aclose()
         await _drop_db(servers.postgres_url, dsn)
+
+
+async def _start_profiler(pid: int) -> asyncio.subprocess.Process | None:
+    """With BENCH_PROFILE=<file>: py-spy samples the replica during the burst (raw stacks).
+
+    BENCH_PROFILE_ARGS adds py-spy options (e.g. ``--gil``).
+    """
+    out = os.environ.get("BENCH_PROFILE")
+    if not out:
+        return None
+    extra = os.environ.get("BENCH_PROFILE_ARGS", "").split()
+    profiler = await asyncio.create_subprocess_exec(
+        "uvx", "py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+        "--nonblocking", *extra, "-o", out, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.sleep(2)  # py-spy attached (uvx resolves it first)
+    return profiler
+
+
+async def _stop_profiler(profiler: asyncio.subprocess.Process | None) -> None:
+    if profiler is not None:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        await profiler.wait()
 
 
 _paced_publisher: EventPublisher | None = None

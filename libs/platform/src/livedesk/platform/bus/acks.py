@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import ChannelInvalidStateError
-from aiormq.abc import AbstractChannel
+from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from livedesk.platform.logging import get_logger
 
@@ -87,7 +85,7 @@ class AckBatcher:
         self.frames = 0
         """``basic.ack`` frames sent so far."""
 
-    def ack(self, message: AbstractIncomingMessage) -> None:
+    def ack(self, message: DeliveredMessage) -> None:
         """``message`` is settled and may be acked (soon)."""
         state = self._state(message)
         if state is None:
@@ -101,7 +99,7 @@ class AckBatcher:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._max_delay, self._kick)
 
-    def settled_elsewhere(self, message: AbstractIncomingMessage) -> None:
+    def settled_elsewhere(self, message: DeliveredMessage) -> None:
         """``message`` was settled without an ack (nacked): the watermark may pass it."""
         state = self._state(message)
         if state is not None:
@@ -120,10 +118,9 @@ class AckBatcher:
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
 
-    def _state(self, message: AbstractIncomingMessage) -> _ChannelAcks | None:
-        try:
-            channel = message.channel
-        except ChannelInvalidStateError:
+    def _state(self, message: DeliveredMessage) -> _ChannelAcks | None:
+        channel = message.channel
+        if channel.is_closed:
             return None  # its channel is gone: the broker redelivers it
         state = self._channels.get(channel)
         if state is None:

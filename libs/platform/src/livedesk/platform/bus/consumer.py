@@ -20,6 +20,13 @@ few at a time, and acking at every idle moment sent a frame per 3 deliveries
 instead of per 17 (``services/assignment/bench/amqp_acks.py``). A crash or a
 lost channel in that window means redelivery, as for a crash before the ack;
 :meth:`EventConsumer.stop` sends what is pending.
+
+Deliveries are taken from aiormq directly (``basic_consume`` on the channel
+underneath aio-pika's robust one): aio-pika's ``IncomingMessage`` wrapper and
+its extra task per delivery cost ~20 µs of client CPU per event
+(``services/assignment/bench/amqp_acks.py``). aio-pika still restores the
+channel, its prefetch, the queues and their bindings after a reconnect; the
+consumer then subscribes again on the new channel (its reopen callback).
 """
 
 from __future__ import annotations
@@ -31,12 +38,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import AbstractChannel as AmqpChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from livedesk.platform.bus.acks import AckBatcher
 from livedesk.platform.bus.envelope import Envelope, decode
@@ -94,10 +99,11 @@ class EventConsumer:
         self._handler = handler
         self._prefetch = prefetch
         self._concurrency = concurrency
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._channel: AbstractRobustChannel | None = None
+        self._consuming: tuple[AmqpChannel, str] | None = None
+        self._stopping = False
+        self._resuming: asyncio.Task[None] | None = None
+        self._inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
         self._counters: dict[tuple[str, str], Any] = {}
@@ -126,15 +132,50 @@ class EventConsumer:
         )
         for event_type in self._event_types:
             await queue.bind(exchange, routing_key=event_type)
-        self._channel, self._queue = channel, queue
+        self._channel = channel
         self._workers = [
             asyncio.create_task(self._work(), name=f"consumer:{topo.name}:{i}")
             for i in range(self._concurrency)
         ]
-        self._tag = await queue.consume(self._receive)
+        channel.reopen_callbacks.add(self._on_reopen)
+        await self._consume()
         log.info("consumer_started", queue=topo.name, types=list(self._event_types))
 
-    async def _receive(self, message: AbstractIncomingMessage) -> None:
+    async def _consume(self) -> None:
+        """Subscribe on the channel aio-pika has open now."""
+        assert self._channel is not None
+        amqp = await self._channel.get_underlay_channel()
+        if self._on_cancel not in amqp.on_consumer_cancel_callbacks:
+            amqp.on_consumer_cancel_callbacks.add(self._on_cancel)
+        ok = await amqp.basic_consume(self.topology.name, self._receive)
+        assert ok.consumer_tag is not None
+        self._consuming = (amqp, ok.consumer_tag)
+
+    def _on_cancel(self, frame: Basic.Cancel) -> None:
+        # The broker ended the subscription (e.g. the queue was deleted): subscribe again.
+        if self._consuming is not None and frame.consumer_tag == self._consuming[1]:
+            log.warning("consumer_cancelled_by_broker", queue=self.topology.name)
+            self._consuming = None
+            self._on_reopen()
+
+    def _on_reopen(self, *_: object) -> None:
+        # The channel was restored (after a reconnect or a channel error) without our
+        # subscription: subscribe again, retrying until it works or the consumer stops.
+        if not self._stopping and (self._resuming is None or self._resuming.done()):
+            self._resuming = asyncio.create_task(self._resume(), name="consumer-resume")
+
+    async def _resume(self) -> None:
+        while not self._stopping:
+            try:
+                await self._consume()
+            except Exception as exc:
+                log.warning("consumer_resume_failed", queue=self.topology.name, error=repr(exc))
+                await asyncio.sleep(1.0)
+            else:
+                log.info("consumer_resumed", queue=self.topology.name)
+                return
+
+    async def _receive(self, message: DeliveredMessage) -> None:
         # aiormq calls this in a new task per delivery, in delivery order; the
         # inbox hands them to the workers in that same order.
         self._inbox.put_nowait(message)
@@ -151,8 +192,9 @@ class EventConsumer:
                 # was not confirmed). Give the delivery back so it is not stuck
                 # unacked; the delivery limit bounds how often this can repeat.
                 log.warning("delivery_not_settled", queue=self.topology.name, exc_info=True)
+                assert message.delivery_tag is not None
                 with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)
+                    await message.channel.basic_nack(message.delivery_tag, requeue=True)
                 self.acks.settled_elsewhere(message)
             else:
                 self.acks.ack(message)
@@ -162,7 +204,7 @@ class EventConsumer:
                     self._idle_event.set()
                 self._inbox.task_done()
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: DeliveredMessage) -> None:
         """Handle, retry or dead-letter ``message``; returning means it may be acked."""
         queue = self.topology.name
         try:
@@ -188,9 +230,7 @@ class EventConsumer:
             self._count(env.type, outcome)
             log.debug("event_handled", queue=queue, outcome=outcome)
 
-    async def _failed(
-        self, message: AbstractIncomingMessage, env: Envelope, exc: Exception
-    ) -> None:
+    async def _failed(self, message: DeliveredMessage, env: Envelope, exc: Exception) -> None:
         queue = self.topology.name
         attempt = _attempt(message)
         error = f"{type(exc).__name__}: {exc}"
@@ -205,7 +245,7 @@ class EventConsumer:
 
     async def _forward(
         self,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         queue_name: str,
         reason: str | None,
         error: str,
@@ -213,8 +253,9 @@ class EventConsumer:
     ) -> None:
         """Publish a confirmed copy of ``message`` to ``queue_name`` (the caller acks it)."""
         assert self._channel is not None
+        props = message.header.properties
         headers: dict[str, Any] = {
-            k: v for k, v in (message.headers or {}).items() if not k.startswith("x-death")
+            k: v for k, v in (props.headers or {}).items() if not k.startswith("x-death")
         }
         headers[ERROR_HEADER] = error[:1000]
         if reason is not None:
@@ -225,11 +266,11 @@ class EventConsumer:
             message.body,
             headers=headers,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type=message.content_type,
-            type=message.type,
-            message_id=message.message_id,
-            app_id=message.app_id,
-            timestamp=message.timestamp,
+            content_type=props.content_type,
+            type=props.message_type,
+            message_id=props.message_id,
+            app_id=props.app_id,
+            timestamp=props.timestamp,
         )
         await self._channel.default_exchange.publish(copy, routing_key=queue_name, mandatory=True)
 
@@ -252,9 +293,13 @@ class EventConsumer:
         Deliveries prefetched but not yet handled are returned to the queue
         by the broker when the channel closes.
         """
-        if self._queue is not None and self._tag is not None:
+        self._stopping = True
+        if self._resuming is not None:
+            self._resuming.cancel()
+        if self._consuming is not None:
+            amqp, tag = self._consuming
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+                await amqp.basic_cancel(tag)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle_event.wait(), drain_timeout)
         for worker in self._workers:
@@ -267,13 +312,13 @@ class EventConsumer:
         log.info("consumer_stopped", queue=self.topology.name)
 
 
-def _header(message: AbstractIncomingMessage, name: str) -> str | None:
-    value = (message.headers or {}).get(name)
+def _header(message: DeliveredMessage, name: str) -> str | None:
+    value = (message.header.properties.headers or {}).get(name)
     if isinstance(value, bytes):
         return value.decode(errors="replace")
     return value if isinstance(value, str) else None
 
 
-def _attempt(message: AbstractIncomingMessage) -> int:
-    value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+def _attempt(message: DeliveredMessage) -> int:
+    value = (message.header.properties.headers or {}).get(ATTEMPT_HEADER, 0)
     return value if isinstance(value, int) and value >= 0 else 0
