@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from livedesk.contracts.events.v1.agent_pb2 import AgentStatusChanged
 from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
@@ -40,6 +41,20 @@ def test_new_event_continues_the_current_trace() -> None:
     assert parsed[0] == trace_id
 
 
+def test_trace_context_restores_the_outer_context_on_exit() -> None:
+    outer_parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    with trace_context(outer_parent, queue="q") as outer:
+        with trace_context(None, queue="inner", event_id="e") as inner:
+            assert structlog.contextvars.get_contextvars() == {
+                "trace_id": inner,
+                "queue": "inner",
+                "event_id": "e",
+            }
+        assert structlog.contextvars.get_contextvars() == {"trace_id": outer, "queue": "q"}
+    assert outer == "a" * 32
+    assert structlog.contextvars.get_contextvars() == {}
+
+
 @pytest.mark.parametrize(
     "body",
     [b"\xff\xff\xff", b"", b"\x0a\x03abc"],
@@ -69,3 +84,21 @@ def test_uuid7_is_version_7_and_increasing() -> None:
     assert all(u.version == 7 for u in ids)
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", True),
+        ("0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B", True),
+        ("0190a1b2c3d47e5f8a9b0c1d2e3f4a5b", False),
+        ("{0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b}", False),
+        ("urn:uuid:0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", False),
+        ("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\n", False),
+        ("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5", False),
+        ("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5g", False),
+        ("", False),
+    ],
+)
+def test_is_uuid_accepts_only_the_canonical_form(text: str, expected: bool) -> None:
+    assert is_uuid(text) is expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -44,9 +45,12 @@ def uuid7_str() -> str:
     return str(uuid7())
 
 
-def is_uuid(text: str) -> bool:
-    """True when ``text`` is a canonical UUID string."""
-    try:
-        return str(uuid.UUID(text)) == text.lower()
-    except (ValueError, AttributeError, TypeError):
-        return False
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
+)
+
+
+def is_uuid(text: object) -> bool:
+    """True when ``text`` is a canonical UUID string (either case)."""
+    # A regex, not uuid.UUID(): ~10x cheaper, and it runs per event consumed and published.
+    return isinstance(text, str) and _CANONICAL_UUID.fullmatch(text) is not None

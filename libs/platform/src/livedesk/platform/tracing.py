@@ -47,5 +47,10 @@ def trace_context(traceparent: str | None, **extra: object) -> Iterator[str]:
     """Bind ``trace_id`` (from ``traceparent`` or new) and ``extra`` to log lines inside."""
     parsed = parse_traceparent(traceparent) if traceparent else None
     trace_id = parsed[0] if parsed else os.urandom(16).hex()
-    with structlog.contextvars.bound_contextvars(trace_id=trace_id, **extra):
+    # bind + reset by token, not bound_contextvars(): that one reads the whole context
+    # and rebinds the saved values, ~4x the cost, and this runs for every event consumed.
+    tokens = structlog.contextvars.bind_contextvars(trace_id=trace_id, **extra)
+    try:
         yield trace_id
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
