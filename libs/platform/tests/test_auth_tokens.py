@@ -105,6 +105,19 @@ def test_the_cache_is_bounded_and_can_be_off(issuer: TokenIssuer, verifier: Toke
     assert (small.cached, off.cached) == (2, 0)
 
 
+def test_a_single_use_token_is_verified_without_being_remembered(
+    issuer: TokenIssuer, verifier: TokenVerifier
+) -> None:
+    access = _token(issuer)
+    verifier.verify(access)
+    ticket = _token(issuer, token_type="ws_ticket")
+    assert verifier.verify(ticket, "ws_ticket", remember=False).token_type == "ws_ticket"
+    assert verifier.cached == 1  # only the access token
+    assert verifier.verify(access).subject == "agent-1"
+    with pytest.raises(TokenError, match="invalid"):
+        verifier.verify(ticket[:-4] + "AAAA", "ws_ticket", remember=False)
+
+
 def _forge(payload: dict[str, object], header: dict[str, object]) -> str:
     def b64(obj: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()

@@ -13,6 +13,7 @@ import pytest
 from livedesk.chat.api_conversations import ACTIONS_KEY
 from livedesk.chat.fanout import conversation_channel
 from livedesk.chat.testing import Chat
+from livedesk.chat.ws import WS_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +267,40 @@ async def test_consoles_hear_only_what_they_may_see(chat: Chat) -> None:
     for ws in (outsider, other_tenant):
         await ws.send_json({"type": "ping", "id": "live"})
         assert (await ws.receive_json(timeout=5))["type"] == "pong"
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The names of the coroutines ``task`` is suspended in, outermost first."""
+    names: list[str] = []
+    coro: Any = task.get_coro()
+    while getattr(coro, "cr_frame", None) is not None:
+        names.append(coro.cr_frame.f_code.co_name)
+        coro = coro.cr_await
+    return names
+
+
+async def test_an_open_socket_holds_no_middleware_frame_and_caches_no_ticket(chat: Chat) -> None:
+    verifier = chat.client.app[WS_KEY].verifier
+    token = chat.token()
+    first = await chat.ws(token)  # the access token that got the ticket is cached
+    cached = verifier.cached
+    second = await chat.ws(token)
+    assert verifier.cached == cached  # neither single-use ticket is
+    served = [names for names in map(_awaiting, asyncio.all_tasks()) if "serve" in names]
+    assert len(served) == 2
+    for names in served:
+        assert not {"request_context", "json_errors", "chat_errors", "websocket"} & set(names)
+    await second.send_json({"type": "ping", "id": "p"})
+    assert (await _next(second, "pong"))["ref"] == "p"
+    await first.close()
+
+
+async def test_permessage_deflate_is_not_negotiated(chat: Chat) -> None:
+    # Browsers always offer it; a deflate context per socket costs far more
+    # memory than the socket itself.
+    resp = await chat.client.post("/api/v1/ws/tickets", headers=chat.auth(chat.token()))
+    ticket = (await resp.json())["ticket"]
+    ws = await chat.client.ws_connect(f"/ws?ticket={ticket}", compress=15)
+    assert ws.compress == 0
+    assert (await ws.receive_json(timeout=5))["type"] == "hello"
+    await ws.close()

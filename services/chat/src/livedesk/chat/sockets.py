@@ -21,12 +21,13 @@ from livedesk.chat.access import Principal
 from livedesk.chat.ratelimit import TokenBucket
 from livedesk.platform.logging import get_logger
 
-__all__ = ["CLOSE_RESTART", "CLOSE_SLOW", "ClientSocket", "SocketRegistry"]
+__all__ = ["CLOSE_INTERNAL", "CLOSE_RESTART", "CLOSE_SLOW", "ClientSocket", "SocketRegistry"]
 
 log = get_logger("livedesk.chat.sockets")
 
 CLOSE_RESTART = 1012  # the server restarts: reconnect (to another pod)
 CLOSE_POLICY = 1008  # flooding or other abuse
+CLOSE_INTERNAL = 1011  # the server failed on something it did not expect
 CLOSE_SLOW = 4008  # the client did not read its frames fast enough
 
 WRITE_BUFFER_LIMIT = 64 * 1024
@@ -80,8 +81,10 @@ class ClientSocket:
         self.bucket = bucket
         self.user_bucket = user_bucket
         self.team_ids: list[uuid.UUID] = []
-        self.channels: set[str] = set()
-        self.subscriptions: set[uuid.UUID] = set()
+        # Lists, not sets: a socket listens on one to a few channels, and an
+        # empty set alone costs 216 bytes (a list of one item about 90).
+        self.channels: list[str] = []
+        self.subscriptions: list[uuid.UUID] = []
         self.violations = 0
         # Frames waiting to be written, and the writer task that exists only while
         # there are some: an idle socket costs no task, no future, no queue.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import asyncpg
 import orjson
@@ -34,7 +36,7 @@ from livedesk.chat.protocol import (
 )
 from livedesk.chat.ratelimit import TokenBucket
 from livedesk.chat.settings import ChatSettings
-from livedesk.chat.sockets import CLOSE_POLICY, ClientSocket, SocketRegistry
+from livedesk.chat.sockets import CLOSE_INTERNAL, CLOSE_POLICY, ClientSocket, SocketRegistry
 from livedesk.platform.auth import TokenError, TokenVerifier
 from livedesk.platform.http import error_response
 from livedesk.platform.logging import get_logger
@@ -64,9 +66,12 @@ WS_KEY = web.AppKey("ws", WsContext)
 
 
 async def _authenticate(request: web.Request, ctx: WsContext) -> Principal | web.Response:
-    ticket = request.query.get("ticket", "")
+    # From the raw target, not request.query: that caches a parsed URL and a
+    # query dict (~0.5 KB) on the request, which lives as long as the socket.
+    ticket = parse_qs(request.raw_path.partition("?")[2]).get("ticket", [""])[0]
     try:
-        claims = ctx.verifier.verify(ticket, expected_type="ws_ticket")
+        # Single-use: remembering it would only crowd reusable tokens out of the cache.
+        claims = ctx.verifier.verify(ticket, expected_type="ws_ticket", remember=False)
     except TokenError as exc:
         return error_response(401, "unauthorized", exc.reason)
     # Tickets are single-use: a ticket seen in a log or a proxy cannot be replayed.
@@ -88,7 +93,14 @@ async def _authenticate(request: web.Request, ctx: WsContext) -> Principal | web
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """Authenticate the handshake, then serve frames until the client leaves."""
+    """Authenticate the handshake and upgrade; the socket is served after this returns.
+
+    Refusals and errors up to the upgrade go through the middlewares as any
+    request's do. The frames are served from :meth:`_ServedSocket.write_eof`,
+    which aiohttp calls once the handler (and the middleware chain around it)
+    has returned, so none of their coroutine frames stays on the stack for
+    the socket's life.
+    """
     ctx = request.app[WS_KEY]
     if ctx.registry.draining:
         return error_response(503, "draining", "server restarting: connect again")
@@ -100,7 +112,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return error_response(429, "rate_limited", "too many connections for this user")
 
     settings = ctx.settings
-    ws = web.WebSocketResponse(
+    ws = _ServedSocket(
         heartbeat=settings.ws_heartbeat,
         max_msg_size=settings.ws_max_frame_bytes,
         compress=False,
@@ -114,21 +126,55 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         ctx.registry.user_bucket(principal),
         request.transport,
     )
-    ctx.registry.add(socket)
-    session = _Session(ctx, socket)
-    try:
-        await session.start()
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await session.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                socket.deliver(error_frame("bad_frame", "frames are JSON text"))
-            else:
-                break
-    finally:
-        ctx.registry.remove(socket)
-        await session.close()
+    ws.session = _Session(ctx, socket)
     return ws
+
+
+# aiohttp's WebSocketResponse attributes that start as class defaults and are
+# set on the instance later (heartbeat timers, close state). Once one class's
+# instances have set more than 30 distinct attributes, CPython stops sharing
+# their key table and every socket's __dict__ grows from ~0.3 KB to ~1.6 KB;
+# kept in slots instead, the __dict__ stays well under that limit.
+_LAZY_ATTRIBUTES = (
+    "_ws_protocol",
+    "_writer",
+    "_reader",
+    "_parser",
+    "_closed",
+    "_closing",
+    "_conn_lost",
+    "_close_code",
+    "_loop",
+    "_waiting",
+    "_close_wait",
+    "_exception",
+    "_heartbeat_when",
+    "_heartbeat_cb",
+    "_pong_response_cb",
+    "_ping_task",
+    "_need_heartbeat_reset",
+    "_heartbeat_reset_handle",
+)
+
+
+class _ServedSocket(web.WebSocketResponse):
+    """A WebSocket whose frames are served when aiohttp finishes the response."""
+
+    __slots__ = ("session", *_LAZY_ATTRIBUTES)
+
+    session: _Session | None
+
+    def __init__(self, **kwargs: Any) -> None:
+        for name in _LAZY_ATTRIBUTES:  # a slot has no class default to fall back on
+            setattr(self, name, getattr(web.WebSocketResponse, name))
+        self.session = None
+        super().__init__(**kwargs)
+
+    async def write_eof(self) -> None:  # type: ignore[override]  # as aiohttp's own
+        session, self.session = self.session, None
+        if session is not None:
+            await session.serve()
+        await super().write_eof()
 
 
 class _Session:
@@ -142,6 +188,30 @@ class _Session:
         self.principal = socket.principal
         self.actions = ctx.actions
         self.hub = ctx.actions.hub
+
+    async def serve(self) -> None:
+        """Serve frames until the client leaves; an unexpected error closes with 1011."""
+        socket, registry = self.socket, self.ctx.registry
+        registry.add(socket)  # before this coroutine first awaits: a cancelled one never leaks
+        try:
+            await self.start()
+            ws = socket.ws
+            while True:  # receive() directly: no __anext__ coroutine held per socket
+                msg = await ws.receive()
+                if msg.type == WSMsgType.TEXT:
+                    await self.handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    socket.deliver(error_frame("bad_frame", "frames are JSON text"))
+                else:
+                    break
+        except Exception:
+            # After the upgrade there is no HTTP response left to turn this into.
+            log.exception("ws_unhandled_error", subject=str(self.principal.subject_id))
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await socket.ws.close(code=CLOSE_INTERNAL, message=b"internal error")
+        finally:
+            registry.remove(socket)
+            await self.close()
 
     async def start(self) -> None:
         self.socket.team_ids = await self.actions.team_ids(self.principal)
@@ -168,12 +238,12 @@ class _Session:
 
     async def _join(self, channel: str) -> None:
         if channel not in self.socket.channels:
-            self.socket.channels.add(channel)
+            self.socket.channels.append(channel)
             await self.hub.join(channel, self.socket)
 
     async def _leave(self, channel: str) -> None:
         if channel in self.socket.channels:
-            self.socket.channels.discard(channel)
+            self.socket.channels.remove(channel)
             await self.hub.leave(channel, self.socket)
 
     async def close(self) -> None:
@@ -235,7 +305,8 @@ class _Session:
                     self.principal, frame.conversation_id, frame.seq, self.socket.team_ids
                 )
             case Unsubscribe():
-                self.socket.subscriptions.discard(frame.conversation_id)
+                if frame.conversation_id in self.socket.subscriptions:
+                    self.socket.subscriptions.remove(frame.conversation_id)
                 await self._leave(conversation_channel(frame.conversation_id))
             case Ping():
                 self.socket.deliver(dumps({"type": "pong", "ref": frame.id}))
@@ -275,7 +346,8 @@ class _Session:
         # Listen first, then replay: whatever commits in between arrives twice
         # at worst (the client drops seqs it has), never not at all.
         await self._join(conversation_channel(conversation.id))
-        self.socket.subscriptions.add(conversation.id)
+        if conversation.id not in self.socket.subscriptions:
+            self.socket.subscriptions.append(conversation.id)
         limit = self.ctx.settings.ws_replay_limit
         # The conversation row came from the primary: its last_seq makes a lagging
         # replica fall back to the primary (read-your-writes across pods).

@@ -113,7 +113,9 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._verified: OrderedDict[str, Claims] = OrderedDict()
 
-    def verify(self, token: str, expected_type: TokenType = "access") -> Claims:
+    def verify(
+        self, token: str, expected_type: TokenType = "access", *, remember: bool = True
+    ) -> Claims:
         """The claims of a valid token of ``expected_type``; TokenError otherwise.
 
         A token verified before is answered from a small LRU keyed by the exact
@@ -121,13 +123,18 @@ class TokenVerifier:
         change, and an ES256 check costs ~1 ms of CPU per request. The type and
         expiry are checked on every call, so a cached token is refused exactly
         when a fresh verification would refuse it.
+
+        ``remember=False`` keeps a freshly verified token out of that cache: a
+        single-use token (a WebSocket ticket) is never presented twice, and
+        caching it would only push out the reusable access tokens and hold
+        ~700 bytes per ticket.
         """
         if not token or len(token) > 4096:
             raise TokenError("malformed token")
         claims = self._verified.get(token)
         if claims is None:
             claims = self._verify_signed(token)
-            if self._cache_size:
+            if remember and self._cache_size:
                 self._verified[token] = claims
                 if len(self._verified) > self._cache_size:
                     self._verified.popitem(last=False)
