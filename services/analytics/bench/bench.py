@@ -13,6 +13,8 @@
    does and every day is pre-aggregated as the service's refresher does
    (daily.py), then the service answers every report and search request
    BENCH_REQUESTS times in a row, BENCH_ROUNDS rounds; p50 / p95 / p99 per round.
+   Besides whole UTC days, the overview and tables are asked for 30 days up
+   to a mid-hour instant (the API's "up to now") and from a UTC-4 midnight.
    Then business hours are set on 2 of 5 inboxes: the first reports right
    after (every day live until re-computed), and again once the refresher
    has re-computed the days.
@@ -302,6 +304,10 @@ def _summary(name: str, timings: list[float]) -> None:
 
 
 _MONTH = {"from": "2024-04-15T00:00:00Z", "to": "2024-05-15T00:00:00Z"}
+# What dashboards ask: the last 30 days up to "now" (a mid-hour instant), and
+# 30 days from a UTC-4 tenant's local midnight.
+_TO_NOW = {"from": "2024-04-15T10:17:23Z", "to": "2024-05-15T10:17:23Z"}
+_UTC_MINUS_4 = {"from": "2024-04-15T04:00:00Z", "to": "2024-05-15T04:00:00Z"}
 _REQUESTS: list[tuple[str, str, dict[str, str]]] = [
     ("overview, 30 days", "reports/overview", _MONTH),
     ("overview, 30 days, inbox filter", "reports/overview", {**_MONTH, "inbox_id": "inbox1"}),
@@ -316,6 +322,13 @@ _REQUESTS: list[tuple[str, str, dict[str, str]]] = [
         {"from": "2024-05-01T00:00:00Z", "to": "2024-05-08T00:00:00Z", "interval": "hour"},
     ),
     ("heatmap, 30 days", "reports/heatmap", _MONTH),
+    ("overview, 30 days to 10:17:23", "reports/overview", _TO_NOW),
+    ("agents table, 30 days to 10:17:23", "reports/agents", _TO_NOW),
+    ("inboxes table, 30 days to 10:17:23", "reports/inboxes", _TO_NOW),
+    ("volume by day, 30 days to 10:17:23", "reports/volume", {**_TO_NOW, "interval": "day"}),
+    ("overview, 30 days from UTC-4 midnight", "reports/overview", _UTC_MINUS_4),
+    ("agents table, 30 days from UTC-4 midnight", "reports/agents", _UTC_MINUS_4),
+    ("inboxes table, 30 days from UTC-4 midnight", "reports/inboxes", _UTC_MINUS_4),
     ("live", "reports/live", {}),
     ("search 'parcel' (newest 20)", "search/messages", {"q": "parcel"}),
     ("search '\"tracking number\" 123'", "search/messages", {"q": '"tracking number" 123'}),

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 TENANT = "tenant-a"
 MONDAY = dt.datetime(2024, 5, 6, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
+MINUTE = dt.timedelta(minutes=1)
 DAY = dt.timedelta(days=1)
 WEB_HOURS = ("web", "Europe/Paris", [11 * 3600 + 60, 12 * 3600 + 600], [12 * 3600 + 300, 19 * 3600])
 RANGES = [
@@ -44,6 +45,15 @@ RANGES = [
     ReportFilter(TENANT, MONDAY, MONDAY + DAY, team_id="support"),
     ReportFilter(TENANT, MONDAY - DAY, MONDAY + DAY, agent_id="a1"),
     ReportFilter(TENANT, MONDAY + 10 * HOUR, MONDAY + 2 * DAY + 3 * HOUR),
+    # Not whole UTC days: the whole hours of partial days come from report_hourly.
+    ReportFilter(TENANT, MONDAY + 10 * HOUR, MONDAY + 12 * HOUR),  # c1 reopened at 10:00
+    ReportFilter(TENANT, MONDAY + 9 * HOUR, MONDAY + 11 * HOUR),  # c1's last resolve at 11:00
+    ReportFilter(TENANT, MONDAY + 9 * HOUR + 20 * MINUTE, MONDAY + 12 * HOUR + 5 * MINUTE),
+    ReportFilter(TENANT, MONDAY - DAY + 4 * HOUR, MONDAY + 4 * HOUR),  # UTC-4 midnights
+    ReportFilter(TENANT, MONDAY + 4 * HOUR, MONDAY + DAY + 4 * HOUR),
+    ReportFilter(TENANT, MONDAY + 4 * HOUR, MONDAY + DAY + 4 * HOUR, agent_id="a2"),
+    ReportFilter(TENANT, MONDAY + 9 * HOUR, MONDAY + 12 * HOUR + 30 * MINUTE, agent_id="a1"),
+    ReportFilter(TENANT, MONDAY + 9 * HOUR, MONDAY + 13 * HOUR + 30 * MINUTE, inbox_id="web"),
 ]
 
 
@@ -97,6 +107,52 @@ async def test_pre_aggregated_days_give_the_live_numbers(
     assert plan.live == ()  # the whole range is read pre-aggregated
     assert await _all(migrated) == live
     assert await daily.refresh(migrated) == 0  # nothing changed since
+
+
+async def test_partial_days_read_their_whole_hours_pre_aggregated(
+    migrated: Store,
+    history: list[Envelope],
+    ingest_events: Ingest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    await daily.refresh(migrated)
+    monday = await reports.day_plan(migrated, RANGES[0])
+    stamp = monday.clean[0]
+    # 10:00-12:00: two hours of Monday, nothing live.
+    plan = await reports.day_plan(migrated, RANGES[7])
+    assert (plan.clean, plan.hours, plan.live) == ((), ((stamp, 10, 12),), ())
+    # 09:20-12:05: 10:00-12:00 pre-aggregated, only the partial hours live.
+    plan = await reports.day_plan(migrated, RANGES[9])
+    assert plan.hours == ((stamp, 10, 12),)
+    ms = reports._ms
+    assert plan.live == (
+        (ms(RANGES[9].start), ms(MONDAY + 10 * HOUR)),
+        (ms(MONDAY + 12 * HOUR), ms(RANGES[9].end)),
+    )
+    # From a UTC-4 midnight: Monday's hours 4-23 (Tuesday has no data: live, empty).
+    plan = await reports.day_plan(migrated, RANGES[11])
+    assert plan.hours == ((stamp, 4, 24),)
+    assert plan.live == ((ms(MONDAY + DAY), ms(RANGES[11].end)),)
+    # The same numbers as computed live (every range is also compared in the test above).
+    assert await _reports(migrated, RANGES[9]) == await _live_reports(
+        migrated, RANGES[9], monkeypatch
+    )
+    c1 = (await reports.overview(migrated, RANGES[8]))["csat"]
+    assert (c1["resolved_conversations"], c1["rated_conversations"]) == (1, 1)  # 09:30 counts
+
+
+async def _live_reports(
+    store: Store, flt: ReportFilter, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """The reports of ``flt`` with every pre-aggregate ignored."""
+
+    async def live_plan(store: Store, flt: ReportFilter) -> reports.DayPlan:
+        return reports._plan(flt, ())
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reports, "day_plan", live_plan)
+        return await _reports(store, flt)
 
 
 async def test_conversations_spanning_days_count_once_per_range(
@@ -208,10 +264,11 @@ async def test_an_erased_conversation_leaves_the_pre_aggregates_at_once(
         occurred_at=MONDAY + 3 * DAY,
     )
     await ingest_events(migrated, [purge])
-    rows = await migrated.query(
-        "SELECT count() FROM report_daily WHERE tenant_id = {t:String}", {"t": TENANT}
-    )
-    assert rows[0][0] == 0  # no value of c1 kept, not even aggregated
+    for table in ("report_daily", "report_hourly"):
+        rows = await migrated.query(
+            f"SELECT count() FROM {table} WHERE tenant_id = {{t:String}}", {"t": TENANT}
+        )
+        assert rows[0][0] == 0  # no value of c1 kept, not even aggregated
     erased = await _all(migrated)
     assert erased[0]["overview"]["conversations_created"] == 2
     assert erased[0]["overview"]["csat"]["ratings"] == 0
@@ -228,12 +285,39 @@ async def test_replaced_computations_are_deleted(
     await daily.refresh(migrated)
     await daily.mark_tenant_dirty(migrated, TENANT)
     await daily.refresh(migrated)
-    rows = await migrated.query(
-        "SELECT DISTINCT computed_at FROM report_daily WHERE tenant_id = {t:String}",
-        {"t": TENANT},
-    )
-    assert len(rows) == 1
+    for table in ("report_daily", "report_hourly"):
+        rows = await migrated.query(
+            f"SELECT DISTINCT computed_at FROM {table} WHERE tenant_id = {{t:String}}",
+            {"t": TENANT},
+        )
+        assert len(rows) == 1
     assert await _clean_days(migrated, RANGES[0]) == [MONDAY.date()]
+
+
+async def test_the_refresher_can_leave_replaced_computations_for_later(
+    migrated: Store, history: list[Envelope], ingest_events: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    monkeypatch.setattr(daily, "KEEP_OLD", 0.0)
+    await daily.refresh(migrated)
+    live = await _all(migrated)
+    await daily.mark_tenant_dirty(migrated, TENANT)
+    refreshed: set[str] = set()
+    await daily.refresh(migrated, delete_old=False, refreshed=refreshed)
+    assert TENANT in refreshed
+
+    async def computations(table: str) -> int:
+        rows = await migrated.query(
+            f"SELECT uniqExact(computed_at) FROM {table} WHERE tenant_id = {{t:String}}",
+            {"t": TENANT},
+        )
+        return int(rows[0][0])
+
+    assert [await computations(t) for t in ("report_daily", "report_hourly")] == [2, 2]
+    assert await _all(migrated) == live  # the replaced rows are not read
+    await daily.delete_replaced(migrated, sorted(refreshed))
+    assert [await computations(t) for t in ("report_daily", "report_hourly")] == [1, 1]
+    assert await _all(migrated) == live
 
 
 async def test_a_report_planned_on_a_day_that_changes_is_computed_again(

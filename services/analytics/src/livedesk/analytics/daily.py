@@ -1,5 +1,9 @@
 """Keeping ``report_daily`` current: the report items of each tenant's UTC days, pre-aggregated.
 
+Each computation of a day writes its rows per UTC hour (``report_hourly``,
+read for the whole hours of a range's partial first and last days) and per
+day (``report_daily``, from the hours), with the same id.
+
 Every summary the ingester (re-)computes marks the days its items fall on
 dirty in ``report_days`` (a materialized view, in the same INSERT: nothing is
 added to the ingester's own work). Erasure and business-hours changes mark
@@ -12,8 +16,9 @@ A day whose summaries change afterwards is dirty again (its marks are newer),
 and reports compute it live until the next refresh (``reports.py``), so
 reports never wait for a refresh and never see a stale day.
 
-Older computations of a day are deleted :data:`KEEP_OLD` seconds after they
-were replaced: a report that planned its query on one still finds its rows.
+Older computations of a day are deleted at least :data:`KEEP_OLD` seconds
+after they were replaced (a report that planned its query on one still finds
+its rows), by the refresher every :data:`CLEANUP_INTERVAL` seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -39,10 +45,12 @@ if TYPE_CHECKING:
     from livedesk.analytics.store import Store
 
 __all__ = [
+    "CLEANUP_INTERVAL",
     "KEEP_OLD",
     "DailyRefresher",
     "Day",
     "conversation_days",
+    "delete_replaced",
     "drop_days",
     "mark_days",
     "mark_tenant_dirty",
@@ -53,6 +61,14 @@ log = get_logger("livedesk.analytics.daily")
 
 KEEP_OLD = 60.0
 """Seconds a replaced computation of a day is kept (longer than any report query)."""
+
+CLEANUP_INTERVAL = 600.0
+"""Seconds between two deletions of replaced computations by :class:`DailyRefresher`.
+
+A lightweight DELETE costs 0.2-2 s of chDB time (holding it from reports)
+even for one day's rows: deleting after every round would cost more than the
+round itself. Replaced rows are skipped by the primary key
+(``computed_at``) meanwhile."""
 
 SERVER_MARGIN = 10.0
 """On a shared server, seconds a computation's id is set back: a summary written
@@ -67,41 +83,62 @@ ORDER BY tenant_id, day"""
 
 _NOW = "SELECT toUInt64(toUnixTimestamp64Micro(now64(6)))"
 
-_WRITE = """
-INSERT INTO report_daily
-SELECT tenant_id, day, computed_at, kind, inbox_id, team_id, agents, agent, n, total, vals,
+_WRITE_HOURS = """
+INSERT INTO report_hourly
+SELECT tenant_id, day, hour, computed_at, kind, inbox_id, team_id, agents, agent, n, total, vals,
        bh_n, bh_total, bh_vals, links,
-       if(empty(slot_list), [], arrayMap(i -> toUInt32(countEqual(slot_list, i)), range(96)))
+       if(empty(slot_list), [], arrayMap(i -> toUInt32(countEqual(slot_list, i)), range(4)))
 FROM (
-    SELECT {tenant:String} AS tenant_id, toDate(at) AS day, {computed:UInt64} AS computed_at,
+    SELECT {tenant:String} AS tenant_id, toDate(at) AS day, toHour(at) AS hour,
+           {computed:UInt64} AS computed_at,
            kind, inbox_id, team_id, agents, agent, count() AS n, sum(v) AS total,
            groupArrayIf(v, kind IN {durations:Array(String)}) AS vals,
            countIf(bh >= 0) AS bh_n, sumIf(bh, bh >= 0) AS bh_total,
            groupArrayIf(bh, bh >= 0) AS bh_vals,
            groupArrayIf(link, link != toDateTime64(0, 3, 'UTC')) AS links,
-           groupArrayIf(toUInt8(intDiv(toUnixTimestamp64Milli(at) % 86400000, 900000)),
+           groupArrayIf(toUInt8(intDiv(toUnixTimestamp64Milli(at) % 3600000, 900000)),
                         kind IN ('created', 'resolution')) AS slot_list
     FROM ({items})
-    GROUP BY day, kind, inbox_id, team_id, agents, agent
+    GROUP BY day, hour, kind, inbox_id, team_id, agents, agent
 )
 SETTINGS use_skip_indexes_if_final_exact_mode = 0"""
+
+# The day's rows from its hours (the same items: far cheaper than deriving them again).
+_WRITE_DAY = """
+INSERT INTO report_daily
+SELECT tenant_id, day, computed_at, kind, inbox_id, team_id, agents, agent, sum(n), sum(total),
+       groupArrayArray(vals), sum(bh_n), sum(bh_total), groupArrayArray(bh_vals),
+       groupArrayArray(links),
+       if(sum(length(slots)) = 0, [],
+          arrayMap(x -> toUInt32(x), sumForEach(arrayMap(
+              i -> if(intDiv(i, 4) = hour AND notEmpty(slots), slots[i % 4 + 1], 0), range(96)))))
+FROM report_hourly
+WHERE tenant_id = {tenant:String} AND day = {day:Date} AND computed_at = {computed:UInt64}
+GROUP BY tenant_id, day, computed_at, kind, inbox_id, team_id, agents, agent"""
 
 _STAMP = """
 INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
 VALUES ({tenant:String}, {day:Date}, 0, {computed:UInt64})"""
 
 _OLD = """
-SELECT tenant_id, day, computed_at FROM report_daily
-WHERE tenant_id IN {tenants:Array(String)} AND computed_at < {before:UInt64}
+SELECT tenant_id, day, computed_at FROM (
+    SELECT tenant_id, day, computed_at FROM report_daily
+    WHERE tenant_id IN {tenants:Array(String)} AND computed_at < {before:UInt64}
+    UNION ALL
+    SELECT tenant_id, day, computed_at FROM report_hourly
+    WHERE tenant_id IN {tenants:Array(String)} AND computed_at < {before:UInt64})
 GROUP BY tenant_id, day, computed_at
 HAVING (tenant_id, day, computed_at) NOT IN (
     SELECT tenant_id, day, max(computed_at) FROM report_days
     WHERE tenant_id IN {tenants:Array(String)} GROUP BY tenant_id, day)"""
 
 _DELETE_OLD = (
-    "DELETE FROM report_daily{local} {on_cluster} WHERE (tenant_id, day, computed_at) IN "
+    "DELETE FROM {table}{local} {on_cluster} WHERE (tenant_id, day, computed_at) IN "
     "(SELECT arrayJoin({old:Array(Tuple(String, Date, UInt64))}))"
 )
+
+_TABLES = ("report_daily", "report_hourly")
+"""Where a computation's rows are (a day's, and its hours')."""
 
 _MARK_TENANT = """
 INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
@@ -122,7 +159,7 @@ SELECT d.1, d.2, toUInt64(toUnixTimestamp64Micro(now64(6))), 0
 FROM (SELECT arrayJoin({days:Array(Tuple(String, Date))}) AS d)"""
 
 _DELETE_DAYS = (
-    "DELETE FROM report_daily{local} {on_cluster} WHERE (tenant_id, day) IN "
+    "DELETE FROM {table}{local} {on_cluster} WHERE (tenant_id, day) IN "
     "(SELECT arrayJoin({days:Array(Tuple(String, Date))}))"
 )
 
@@ -159,13 +196,24 @@ async def drop_days(store: Store, days: Sequence[Day], cluster: str | None = Non
     """
     if days:
         await mark_days(store, days)
-        statement = render(_DELETE_DAYS, cluster)
-        assert statement is not None
-        await store.command(statement, {"days": list(days)})
+        for table in _TABLES:
+            statement = render(_DELETE_DAYS.replace("{table}", table), cluster)
+            assert statement is not None
+            await store.command(statement, {"days": list(days)})
 
 
-async def refresh(store: Store, cluster: str | None = None) -> int:
-    """Re-compute every dirty day; how many were."""
+async def refresh(
+    store: Store,
+    cluster: str | None = None,
+    *,
+    delete_old: bool = True,
+    refreshed: set[str] | None = None,
+) -> int:
+    """Re-compute every dirty day; how many were.
+
+    With ``delete_old`` false, the computations replaced are left for
+    :func:`delete_replaced` and the tenants refreshed are added to ``refreshed``.
+    """
     rows = await store.query(_DIRTY)
     by_tenant: dict[str, list[dt.date]] = defaultdict(list)
     for tenant_id, day in rows:
@@ -181,7 +229,7 @@ async def refresh(store: Store, cluster: str | None = None) -> int:
             start = (day - dt.date(1970, 1, 1)).days * _DAY_MS
             items, parameters = items_sql(hours, [(start, start + _DAY_MS)])
             await store.command(
-                _WRITE.replace("{items}", items),
+                _WRITE_HOURS.replace("{items}", items),
                 {
                     **parameters,
                     "tenant": tenant_id,
@@ -189,20 +237,25 @@ async def refresh(store: Store, cluster: str | None = None) -> int:
                     "durations": list(DURATION_KINDS),
                 },
             )
+            await store.command(_WRITE_DAY, {"tenant": tenant_id, "day": day, "computed": computed})
             await store.command(_STAMP, {"tenant": tenant_id, "day": day, "computed": computed})
             REPORT_DAYS_REFRESHED.inc()
-    if by_tenant:
-        await _delete_old(store, sorted(by_tenant), cluster)
+    if refreshed is not None:
+        refreshed.update(by_tenant)
+    if by_tenant and delete_old:
+        await delete_replaced(store, sorted(by_tenant), cluster)
     return len(rows)
 
 
-async def _delete_old(store: Store, tenants: list[str], cluster: str | None) -> None:
+async def delete_replaced(store: Store, tenants: list[str], cluster: str | None = None) -> None:
+    """Delete the computations of ``tenants`` replaced more than :data:`KEEP_OLD` s ago."""
     now = int((await store.query(_NOW))[0][0])
     old = await store.query(_OLD, {"tenants": tenants, "before": now - int(KEEP_OLD * 1e6)})
     if old:
-        statement = render(_DELETE_OLD, cluster)
-        assert statement is not None
-        await store.command(statement, {"old": [(str(t), d, int(c)) for t, d, c in old]})
+        for table in _TABLES:
+            statement = render(_DELETE_OLD.replace("{table}", table), cluster)
+            assert statement is not None
+            await store.command(statement, {"old": [(str(t), d, int(c)) for t, d, c in old]})
 
 
 class DailyRefresher:
@@ -213,6 +266,8 @@ class DailyRefresher:
         self._interval = interval
         self._cluster = cluster
         self._task: asyncio.Task[None] | None = None
+        self._replaced: set[str] = set()  # tenants with computations to delete
+        self._cleaned = time.monotonic()
 
     def start(self) -> None:
         """Start refreshing (the first round at once)."""
@@ -222,7 +277,13 @@ class DailyRefresher:
         while True:
             try:
                 with REPORT_REFRESH_SECONDS.time():
-                    days = await refresh(self._store, self._cluster)
+                    days = await refresh(
+                        self._store, self._cluster, delete_old=False, refreshed=self._replaced
+                    )
+                    if self._replaced and time.monotonic() - self._cleaned >= CLEANUP_INTERVAL:
+                        await delete_replaced(self._store, sorted(self._replaced), self._cluster)
+                        self._replaced.clear()
+                        self._cleaned = time.monotonic()
                     stale = await self._store.query(f"SELECT count() FROM ({_DIRTY})")
                 REPORT_DAYS_STALE.set(int(stale[0][0]))
                 if days:

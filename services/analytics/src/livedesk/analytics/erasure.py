@@ -76,9 +76,9 @@ CONVERSATION_TABLES: tuple[str, ...] = (
 )
 """Every table with a row per conversation fact (each has tenant_id and conversation_id).
 
-``report_daily`` aggregates many conversations per row: the pre-aggregated
-days an erased conversation counts in are dropped whole first (``daily.py``)
-and computed again without it."""
+``report_daily`` and ``report_hourly`` aggregate many conversations per row:
+the pre-aggregated days an erased conversation counts in are dropped whole
+first (``daily.py``) and computed again without it."""
 
 _KEYS = "(SELECT arrayJoin({keys:Array(Tuple(String, String))}))"
 

@@ -15,9 +15,11 @@ The items of whole UTC days are also kept pre-aggregated per day
 (``report_daily``, migration 0006, written by ``daily.py``): counts, sums and
 every duration value per (inbox, team, agents, item agent, kind). A report
 reads the range's whole days whose pre-aggregate is current (``report_days``:
-computed after the last change of any of their summaries) from there, and
-computes the rest of the range (partial days at its ends, days changed since
-their last computation, today) live from the summaries, in the same query.
+computed after the last change of any of their summaries) from there, the
+whole UTC hours of its partial first and last days from the same
+computation's per-hour rows (``report_hourly``, migration 0007), and computes
+the rest of the range (partial hours at its ends, days changed since their
+last computation) live from the summaries, in the same query.
 Both give the same items, so the numbers are those of a fully live
 computation. Business seconds of the live part are computed at query time;
 those of the pre-aggregates with the hours current when they were computed,
@@ -313,48 +315,81 @@ WHERE {in_items}"""
     return sql, parameters
 
 
+Stamp = tuple[dt.date, int, int]
+"""(day, dirtied_at, computed_at) of a pre-aggregated day (``report_days``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DayPlan:
-    """Which days of a range a report reads pre-aggregated, and the rest it computes live."""
+    """Which parts of a range a report reads pre-aggregated, and the rest it computes live."""
 
-    clean: tuple[tuple[dt.date, int, int], ...]
-    """(day, dirtied_at, computed_at) of the whole UTC days read from ``report_daily``."""
+    clean: tuple[Stamp, ...]
+    """The whole UTC days read from ``report_daily``."""
     live: tuple[Window, ...]
     """The rest of the range, computed from ``conversation_summary``."""
+    hours: tuple[tuple[Stamp, int, int], ...] = ()
+    """Partial days at the range's ends read from ``report_hourly``: hours ``[first, last)``."""
+
+    def stamps(self) -> list[Stamp]:
+        """Every pre-aggregated day the plan reads, in order."""
+        return sorted([*self.clean, *(stamp for stamp, _, _ in self.hours)])
 
 
 _DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
 
 
 async def day_plan(store: Store, flt: ReportFilter) -> DayPlan:
-    """Split the range: whole UTC days pre-aggregated and clean, and live windows."""
+    """Split the range: clean whole UTC days, clean whole UTC hours of its ends, live windows."""
     start, end = _ms(flt.start), _ms(flt.end)
-    first_day, last_day = -(-start // _DAY_MS), end // _DAY_MS  # whole days [first, last)
-    clean: list[tuple[dt.date, int, int]] = []
-    if first_day < last_day:
-        rows = await store.query(
-            """
+    if start >= end:
+        return _plan(flt, ())
+    rows = await store.query(
+        """
 SELECT day, max(dirtied_at) AS d, max(computed_at) AS c FROM report_days
-WHERE tenant_id = {tenant:String} AND day >= {d0:Date} AND day < {d1:Date}
+WHERE tenant_id = {tenant:String} AND day >= {d0:Date} AND day <= {d1:Date}
 GROUP BY day HAVING c > d ORDER BY day""",
-            {"tenant": flt.tenant_id, "d0": _date(first_day), "d1": _date(last_day)},
-        )
-        clean = [(day, int(d), int(c)) for day, d, c in rows]
-    return _plan(flt, clean)
+        {
+            "tenant": flt.tenant_id,
+            "d0": _date(start // _DAY_MS),
+            "d1": _date((end - 1) // _DAY_MS),
+        },
+    )
+    return _plan(flt, [(day, int(d), int(c)) for day, d, c in rows], hourly=True)
 
 
-def _plan(flt: ReportFilter, clean: Sequence[tuple[dt.date, int, int]]) -> DayPlan:
-    """The plan reading ``clean`` days pre-aggregated and the rest of the range live."""
+def _plan(flt: ReportFilter, clean: Sequence[Stamp], hourly: bool = False) -> DayPlan:
+    """The plan reading ``clean`` days pre-aggregated and the rest of the range live.
+
+    Days of ``clean`` wholly inside the range are read per day; with
+    ``hourly``, the whole hours inside the range of the others (the
+    range's first and last days) are read per hour.
+    """
+    start, end = _ms(flt.start), _ms(flt.end)
+    whole: list[Stamp] = []
+    hours: list[tuple[Stamp, int, int]] = []
+    parts: list[Window] = []  # pre-aggregated, in order
+    for stamp in clean:
+        day_start = _day_ms(stamp[0])
+        lo, hi = max(start, day_start), min(end, day_start + _DAY_MS)
+        if (lo, hi) == (day_start, day_start + _DAY_MS):
+            whole.append(stamp)
+            parts.append((lo, hi))
+        elif hourly:
+            first = -(-(lo - day_start) // _HOUR_MS)
+            last = (hi - day_start) // _HOUR_MS
+            if first < last:
+                hours.append((stamp, first, last))
+                parts.append((day_start + first * _HOUR_MS, day_start + last * _HOUR_MS))
     live: list[Window] = []
-    cursor, end = _ms(flt.start), _ms(flt.end)
-    for day, _, _ in clean:
-        day_start = _day_ms(day)
-        if cursor < day_start:
-            live.append((cursor, day_start))
-        cursor = day_start + _DAY_MS
+    cursor = start
+    for lo, hi in parts:
+        if cursor < lo:
+            live.append((cursor, lo))
+        cursor = hi
     if cursor < end:
         live.append((cursor, end))
-    return DayPlan(tuple(clean), tuple(live))
+    return DayPlan(tuple(whole), tuple(live), tuple(hours))
 
 
 def _day_ms(day: dt.date) -> int:
@@ -368,16 +403,17 @@ async def _plan_still_holds(store: Store, flt: ReportFilter, plan: DayPlan) -> b
     unchanged stamps now mean they held for the whole report query too:
     its pre-aggregates and its live part saw the same summaries.
     """
-    if not plan.clean:
+    stamps = plan.stamps()
+    if not stamps:
         return True
     rows = await store.query(
         """
 SELECT day, max(dirtied_at), max(computed_at) FROM report_days
 WHERE tenant_id = {tenant:String} AND day IN {days:Array(Date)}
 GROUP BY day ORDER BY day""",
-        {"tenant": flt.tenant_id, "days": [d for d, _, _ in plan.clean]},
+        {"tenant": flt.tenant_id, "days": [d for d, _, _ in stamps]},
     )
-    return [(day, int(d), int(c)) for day, d, c in rows] == list(plan.clean)
+    return [(day, int(d), int(c)) for day, d, c in rows] == stamps
 
 
 def _date(days: int) -> dt.date:
@@ -396,6 +432,17 @@ _DAILY = (
     FROM report_daily
     WHERE tenant_id = {tenant:String} AND day >= {d0:Date} AND day <= {d1:Date}
       AND (day, computed_at) IN (SELECT arrayJoin({gens:Array(Tuple(Date, UInt64))}))
+      AND kind IN {kinds:Array(String)}"""
+    + _CONV_FILTER
+)
+
+# The whole hours of a plan's partial days.
+_HOURLY = (
+    """
+    SELECT {key} AS key, kind, n, total, vals, bh_n, bh_total, bh_vals, links
+    FROM report_hourly
+    WHERE tenant_id = {tenant:String} AND day >= {hd0:Date} AND day <= {hd1:Date}
+      AND (day, computed_at, hour) IN (SELECT arrayJoin({hgens:Array(Tuple(Date, UInt64, UInt8))}))
       AND kind IN {kinds:Array(String)}"""
     + _CONV_FILTER
 )
@@ -581,6 +628,14 @@ async def _aggregate_plan(
         parts.append(_DAILY.replace("{key}", key))
         parameters["gens"] = [(day, computed) for day, _, computed in plan.clean]
         parameters["d0"], parameters["d1"] = plan.clean[0][0], plan.clean[-1][0]
+    if plan.hours:
+        parts.append(_HOURLY.replace("{key}", key))
+        parameters["hgens"] = [
+            (day, computed, hour)
+            for (day, _, computed), first, last in plan.hours
+            for hour in range(first, last)
+        ]
+        parameters["hd0"], parameters["hd1"] = plan.hours[0][0][0], plan.hours[-1][0][0]
     if plan.live:
         hours = await business_hours(store, flt.tenant_id)
         live, p = _live_sql(key, kinds, hours, plan.live)
@@ -794,7 +849,7 @@ async def volume(
         return bisect.bisect_right(keys, a) == bisect.bisect_right(keys, b)
 
     async def compute(plan: DayPlan) -> dict[int, list[int]]:
-        plan = _aligned(plan, flt, same)
+        plan = _aligned(_plan(flt, plan.clean), flt, same)
         counts: dict[int, list[int]] = {}
         for slot, created, resolved in await _slots(store, flt, plan, settings):
             cell = counts.setdefault(keys[bisect.bisect_right(keys, slot) - 1], [0, 0])
@@ -894,6 +949,7 @@ async def heatmap(
         return [cell(s) for s in slots]
 
     async def compute(plan: DayPlan) -> dict[tuple[int, int], int]:
+        plan = _plan(flt, plan.clean)  # whole days only: partial ones are live here
         by_day = {day: cells_of(day) for day, _, _ in plan.clean}
         if any(c is None for c in by_day.values()):
             plan = _plan(flt, [c for c in plan.clean if by_day[c[0]] is not None])
