@@ -1,7 +1,10 @@
 """Chat benchmark "pairs" (make bench-chat): real WebSocket clients (k6) through two chat pods.
 
-C conversations, each with a visitor socket on pod A and an agent socket on pod
-B; every visitor sends one ~100-byte message per period; every message is
+C conversations, each with a visitor socket and an agent socket on different
+pods (``--writers a``, the default: every visitor on pod A, so one pod does all
+the writes and its group commits are largest; ``--writers both``: visitors
+alternate between pod A and pod B by pair, as a gateway spreading sockets
+would place them); every visitor sends one ~100-byte message per period; every message is
 persisted (PostgreSQL, with its outbox event relayed to RabbitMQ) and fanned
 out over Redis to the agent on the other pod. Reports delivered/s, loss,
 end-to-end latency, pod memory per connection and CPU per 1,000 messages for
@@ -441,6 +444,7 @@ async def main(args: argparse.Namespace, databases: Databases, tag: str) -> dict
             "START_AT": str(int(start_at * 1000)),
             "POD_A": pods[0].base_url.replace("http", "ws"),
             "POD_B": pods[1].base_url.replace("http", "ws"),
+            "WRITERS": args.writers,
         }
         k6_proc = subprocess.Popen(
             [k6, "run", "--quiet", "--address", "", "--summary-export", str(summary),
@@ -614,6 +618,12 @@ if __name__ == "__main__":
         choices=[*TOPOLOGIES, "both"],
         default="shared-db",
         help="where the data lives (topology.py); both = one-db then two-shards-replica",
+    )
+    parser.add_argument(
+        "--writers",
+        choices=["a", "both"],
+        default="a",
+        help="visitors (the senders) on both pods, alternating by pair, or all on pod A",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument("--write", action="store_true", help=f"append results to {RESULTS}")

@@ -1,5 +1,7 @@
-// k6 "pairs": each pair is one visitor socket on pod A and one agent socket on pod B
-// in the same conversation; every visitor sends one ~100-byte message per PERIOD ms;
+// k6 "pairs": each pair is one visitor socket and one agent socket on different pods
+// in the same conversation (WRITERS=a, the default: every visitor on pod A, so one pod
+// does every write; WRITERS=both: even pairs' visitors on pod A, odd pairs' on pod B,
+// as a gateway spreading sockets would place them); every visitor sends one ~100-byte message per PERIOD ms;
 // the agent side measures end-to-end latency (send -> delivered over the other pod).
 import { WebSocket } from "k6/experimental/websockets";
 import { Counter, Trend } from "k6/metrics";
@@ -38,9 +40,14 @@ export const options = {
   summaryTrendStats: ["min", "avg", "med", "p(90)", "p(95)", "p(99)", "max"],
 };
 
-function pair(p, state) {
-  const visitor = new WebSocket(`${__ENV.POD_A}/ws?ticket=${p.visitor_ticket}`);
-  const agent = new WebSocket(`${__ENV.POD_B}/ws?ticket=${p.agent_ticket}`);
+const ONE_WRITER_POD = (__ENV.WRITERS || "a") === "a";
+
+function pair(p, state, index) {
+  const flip = !ONE_WRITER_POD && index % 2 === 1;
+  const visitorPod = flip ? __ENV.POD_B : __ENV.POD_A;
+  const agentPod = flip ? __ENV.POD_A : __ENV.POD_B;
+  const visitor = new WebSocket(`${visitorPod}/ws?ticket=${p.visitor_ticket}`);
+  const agent = new WebSocket(`${agentPod}/ws?ticket=${p.agent_ticket}`);
   const seen = new Set();
   const sentAt = new Map(); // client_msg_id -> send time, until its ack
   let n = 0;
@@ -130,6 +137,6 @@ export default function () {
   const vu = exec.vu.idInTest - 1;
   const state = {};
   for (let i = vu * PER_VU; i < Math.min((vu + 1) * PER_VU, pairs.length); i++) {
-    pair(pairs[i], state);
+    pair(pairs[i], state, i);
   }
 }
