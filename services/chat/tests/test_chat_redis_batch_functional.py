@@ -24,7 +24,6 @@ async def redis(servers: Servers) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
-        await client.connection_pool.disconnect()  # passed in: aclose() leaves it open
 
 
 async def test_concurrent_commands_share_round_trips_in_order(redis: aioredis.Redis) -> None:

@@ -23,7 +23,8 @@ async def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
         socket_connect_timeout=5,
         health_check_interval=30,
     )
-    client = aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so aclose() also closes its connections.
+    client = aioredis.Redis.from_pool(pool)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
