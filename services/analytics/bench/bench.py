@@ -43,6 +43,7 @@ from livedesk.contracts.events.v1.message_pb2 import MessageCreated
 from livedesk.platform.auth import AuthSettings, load_issuer
 from livedesk.platform.bus import EventPublisher, connect, new_event
 from livedesk.platform.testing import ServiceProcess, free_port, wait_until
+from livedesk.platform.testing.pytest_plugin import BusNames, delete_bus
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -363,7 +364,8 @@ async def _refreshed(base: str) -> None:
 async def bench_reports(tmp: Path) -> None:
     chdb = tmp / "reports-chdb"
     await load_reports_data(chdb)
-    service = _service(tmp, f"r{os.getpid()}", chdb)
+    tag = f"r{os.getpid()}"
+    service = _service(tmp, tag, chdb)
     service.start()
     try:
         await service.wait_ready(300)
@@ -398,6 +400,8 @@ async def bench_reports(tmp: Path) -> None:
                 _summary(name, await _latency(s, f"{api}/{path}", params, headers))
     finally:
         service.terminate()
+        # The service declared its queues and exchange on the shared broker: remove them.
+        await delete_bus(BusNames(AMQP_URL, f"bench.{tag}.events", f"bench.{tag}.", ["analytics"]))
 
 
 async def main() -> None:
