@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -12,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from livedesk.platform.health import HealthChecks
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = ["grpc_health"]
 
@@ -48,7 +48,5 @@ async def grpc_health(
     try:
         yield servicer
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await servicer.enter_graceful_shutdown()

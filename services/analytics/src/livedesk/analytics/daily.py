@@ -24,7 +24,6 @@ its rows), by the refresher every :data:`CLEANUP_INTERVAL` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections import defaultdict
@@ -38,6 +37,7 @@ from livedesk.analytics.metrics import (
 from livedesk.analytics.reports import DURATION_KINDS, business_hours, items_sql
 from livedesk.analytics.schema import render
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -295,7 +295,5 @@ class DailyRefresher:
     async def stop(self) -> None:
         """Stop after the statement in progress."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from livedesk.analytics.metrics import QUEUE_MESSAGES
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -71,9 +72,7 @@ class QueueDepthMonitor:
     async def stop(self) -> None:
         """Stop polling and close the channel."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
                 await self._channel.close()

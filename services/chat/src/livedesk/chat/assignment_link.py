@@ -21,6 +21,7 @@ from livedesk.chat.sockets import SocketRegistry
 from livedesk.contracts.assignment.v1 import assignment_service_pb2 as pb
 from livedesk.contracts.events.v1.common_pb2 import AgentStatus
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = ["STATUSES", "AssignmentLink"]
 
@@ -124,6 +125,4 @@ class AssignmentLink:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from livedesk.chat.redis_batch import CommandBatcher
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = [
     "RESYNC_FRAME",
@@ -107,9 +108,7 @@ class Hub:
     async def stop(self) -> None:
         """Stop routing and close the subscriber connection."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -16,7 +16,6 @@ sync interval once the directory answers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import asyncpg
 from livedesk.chat.shards import Shards
 from livedesk.platform.logging import get_logger
 from livedesk.platform.postgres import Connection
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = ["ConversationIndex", "IndexSync", "queue_change"]
 
@@ -139,9 +139,7 @@ class IndexSync:
     async def stop(self) -> None:
         """Stop the background loop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

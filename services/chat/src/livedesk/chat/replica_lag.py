@@ -15,13 +15,13 @@ primary does not look like a lagging replica).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import asyncpg
 from prometheus_client import Gauge
 
 from livedesk.chat.shards import Shards
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = ["REPLICA_LAG_BYTES", "REPLICA_LAG_SECONDS", "ReplicaLagMonitor"]
 
@@ -64,9 +64,7 @@ class ReplicaLagMonitor:
     async def stop(self) -> None:
         """Stop measuring."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def check_once(self) -> dict[str, float | None]:

@@ -20,6 +20,7 @@ from aiohttp import web
 from livedesk.chat.access import Principal
 from livedesk.chat.ratelimit import TokenBucket
 from livedesk.platform.logging import get_logger
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = ["CLOSE_INTERNAL", "CLOSE_RESTART", "CLOSE_SLOW", "ClientSocket", "SocketRegistry"]
 
@@ -178,9 +179,7 @@ class ClientSocket:
         self._pending = None
         writer = self._writer
         if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await cancel_and_wait(writer)
 
 
 class SocketRegistry:

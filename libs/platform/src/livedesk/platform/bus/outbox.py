@@ -36,6 +36,7 @@ from livedesk.platform.errors import DependencyError, PublishError, UnroutableEr
 from livedesk.platform.logging import get_logger
 from livedesk.platform.metrics import OUTBOX_PARKED, OUTBOX_PENDING
 from livedesk.platform.postgres import Connection
+from livedesk.platform.tasks import cancel_and_wait
 
 __all__ = ["Outbox", "OutboxRelay"]
 
@@ -122,9 +123,7 @@ class OutboxRelay:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), flush_timeout)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
         if self._publisher is not None:
             with contextlib.suppress(Exception):
                 await self._publisher.close()
