@@ -369,6 +369,40 @@ async def pod_counter(pods: list[ServiceProcess], name: str, label: str) -> dict
     return out
 
 
+async def pod_histograms(pods: list[ServiceProcess], name: str) -> list[dict[float, float]]:
+    """Each pod's histogram ``name`` as {upper bound: cumulative count}."""
+    prefix = name + '_bucket{le="'
+    out: list[dict[float, float]] = []
+    async with aiohttp.ClientSession() as session:
+        for pod in pods:
+            async with session.get(f"{pod.base_url}/metrics") as resp:
+                text = await resp.text()
+            buckets: dict[float, float] = {}
+            for line in text.splitlines():
+                if line.startswith(prefix):
+                    le = line[len(prefix) :].split('"', 1)[0]
+                    buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+            out.append(buckets)
+    return out
+
+
+def histogram_quantiles(
+    before: dict[float, float], after: dict[float, float], qs: tuple[float, ...] = (0.5, 0.99)
+) -> dict[str, Any]:
+    """Quantiles (ms, the bucket bound reached) and the count of what happened in between."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    out: dict[str, Any] = {"n": int(total)}
+    for q in qs:
+        bound = next((b for b, c in zip(bounds, counts, strict=True) if c >= q * total), None)
+        if bound is None or total == 0:
+            out[f"p{round(q * 100)}_ms"] = None
+        else:
+            out[f"p{round(q * 100)}_ms"] = "inf" if bound == float("inf") else bound * 1000
+    return out
+
+
 async def run_pairs(
     args: argparse.Namespace, topology_name: str, server: PrivateServer | None
 ) -> dict[str, Any]:
@@ -466,6 +500,9 @@ async def main(args: argparse.Namespace, databases: Databases, tag: str) -> dict
         # Steady state: from a few seconds after the start to a few before the end.
         await asyncio.sleep(max(0.0, start_at - time.time()) + 3)
         cpu0 = {k: {p: cpu_seconds(p) for p in v} for k, v in watched().items()}
+        lag0 = await pod_histograms(pods, "livedesk_event_loop_lag_seconds")
+        send0 = await pod_histograms(pods, "livedesk_chat_send_seconds")
+        commit0 = await pod_histograms(pods, "livedesk_chat_group_commit_seconds")
         t0 = time.monotonic()
         async with AsyncExitStack() as stack:
             pools = [
@@ -482,6 +519,9 @@ async def main(args: argparse.Namespace, databases: Databases, tag: str) -> dict
             }
             window = time.monotonic() - t0
             seq1 = sum(await count_messages(pools))
+            lag1 = await pod_histograms(pods, "livedesk_event_loop_lag_seconds")
+            send1 = await pod_histograms(pods, "livedesk_chat_send_seconds")
+            commit1 = await pod_histograms(pods, "livedesk_chat_group_commit_seconds")
             await asyncio.to_thread(k6_proc.wait, timeout=args.seconds + 300)
             per_shard = await count_messages(pools)
             distinct = sum(await count_messages(pools, "DISTINCT (conversation_id, client_msg_id)"))
@@ -531,6 +571,13 @@ async def main(args: argparse.Namespace, databases: Databases, tag: str) -> dict
                 k: round(v / max(msgs_window, 1) * 1000, 3) for k, v in cpu.items()
             },
             "cpu_cores": {k: round(v / window, 2) for k, v in cpu.items()},
+            # Inside the pods, over the steady-state window (bucket bounds, not exact):
+            # how late each pod's event loop ran a due wake-up, and a send's frame -> ack.
+            "loop_lag": [histogram_quantiles(b, a) for b, a in zip(lag0, lag1, strict=True)],
+            "send_in_pod": [histogram_quantiles(b, a) for b, a in zip(send0, send1, strict=True)],
+            "group_commit": [
+                histogram_quantiles(b, a) for b, a in zip(commit0, commit1, strict=True)
+            ],
         }
         return result
     finally:
@@ -612,7 +659,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--per-vu", type=int, default=50)
     parser.add_argument("--pool", type=int, default=20)
-    parser.add_argument("--k6-memory", default="3GiB")
+    # k6 runs with GOGC=off, so GOMEMLIMIT is when its garbage collector starts.
+    # It allocates ~100 MB/s at C = 2,500: with 3 GiB it reached the limit inside
+    # the send window and collected continuously from then on, which showed as
+    # a p99 of 200-350 ms that was k6's, not the pods' (11-12 GiB fits a whole run).
+    parser.add_argument("--k6-memory", default="12GiB")
     parser.add_argument(
         "--topology",
         choices=[*TOPOLOGIES, "both"],

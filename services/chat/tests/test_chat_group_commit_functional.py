@@ -59,6 +59,10 @@ def _statements() -> float:
     return value or 0.0
 
 
+def _timed_commits() -> float:
+    return REGISTRY.get_sample_value("livedesk_chat_group_commit_seconds_count") or 0.0
+
+
 async def _send(
     store: ConversationStore,
     db: Db,
@@ -83,7 +87,7 @@ async def test_concurrent_sends_share_statements_with_gap_free_seqs_and_one_even
 ) -> None:
     conversations = await _conversations(db, 40)
     store = ConversationStore(db.pool, db.shards)
-    before = _statements()
+    before, timed = _statements(), _timed_commits()
 
     async def talk(conversation: uuid.UUID, visitor: uuid.UUID) -> list[int]:
         seqs = []
@@ -98,6 +102,7 @@ async def test_concurrent_sends_share_statements_with_gap_free_seqs_and_one_even
 
     assert all(seqs == [1, 2, 3, 4, 5] for seqs in results)
     assert _statements() - before < 200 / 2  # 200 messages, batched
+    assert _timed_commits() - timed == _statements() - before  # each one timed
     rows = await db.pool.fetch("SELECT conversation_id, seq, id, body FROM messages")
     assert len(rows) == 200
     assert {(r["conversation_id"], r["seq"]) for r in rows} == {

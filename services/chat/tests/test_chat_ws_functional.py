@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 
 from livedesk.chat.api_conversations import ACTIONS_KEY
 from livedesk.chat.fanout import conversation_channel
@@ -37,7 +38,12 @@ async def _setup(chat: Chat) -> tuple[dict[str, Any], dict[str, Any]]:
     return visitor, conversation
 
 
+def _sends_timed() -> float:
+    return REGISTRY.get_sample_value("livedesk_chat_send_seconds_count") or 0.0
+
+
 async def test_visitor_and_admin_exchange_messages_live(chat: Chat) -> None:
+    timed = _sends_timed()
     visitor, conversation = await _setup(chat)
     cid = conversation["id"]
     v = await chat.ws(visitor["access_token"])
@@ -59,6 +65,7 @@ async def test_visitor_and_admin_exchange_messages_live(chat: Chat) -> None:
         {"type": "send", "conversation_id": cid, "client_msg_id": "a1", "body": "hello!"}
     )
     assert (await _next(v, "message"))["message"]["sender_kind"] == "agent"
+    assert _sends_timed() - timed == 2  # each send's frame -> ack is measured once
 
 
 async def test_subscribe_replays_after_seq_then_streams(chat: Chat) -> None:

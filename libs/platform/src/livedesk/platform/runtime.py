@@ -21,6 +21,7 @@ from aiohttp import web
 
 from livedesk.platform.errors import ConfigError, DependencyError
 from livedesk.platform.logging import configure_logging, get_logger
+from livedesk.platform.loop_lag import LoopLagMonitor
 
 __all__ = [
     "EXIT_CONFIG",
@@ -89,6 +90,8 @@ async def _supervise(main: Callable[[Shutdown], Awaitable[None]]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    lag = LoopLagMonitor()
+    lag.start()
     try:
         await main(shutdown)
     except ConfigError as exc:
@@ -98,6 +101,7 @@ async def _supervise(main: Callable[[Shutdown], Awaitable[None]]) -> int:
         log.error("dependency_unreachable", error=str(exc))
         return EXIT_DEPENDENCY
     finally:
+        lag.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped", reason=shutdown.reason or "main returned")

@@ -28,23 +28,30 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from livedesk.platform.postgres import Connection
 
-__all__ = ["APPEND_ONE", "GROUP_COMMITS", "Append", "GroupCommit", "Guard"]
+__all__ = ["APPEND_ONE", "GROUP_COMMITS", "GROUP_COMMIT_SECONDS", "Append", "GroupCommit", "Guard"]
 
 GROUP_COMMITS = Counter(
     "livedesk_chat_group_commits_total",
     "Message appends written by group commit: statements, and messages in them "
     "(their ratio is the mean batch).",
     ["unit"],
+)
+GROUP_COMMIT_SECONDS = Histogram(
+    "livedesk_chat_group_commit_seconds",
+    "Wall time of one group commit (a batch, or a message alone), from leaving the queue "
+    "to its answer.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 _STATEMENTS = GROUP_COMMITS.labels("statements")
 _MESSAGES = GROUP_COMMITS.labels("messages")
@@ -175,8 +182,10 @@ class GroupCommit:
                 batch = self._take()
                 if not batch:
                     continue
+                started = time.perf_counter()
                 try:
                     await self._commit(batch)
+                    GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
                 except BaseException as exc:
                     for _, future in batch:
                         if not future.done():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import asyncpg
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
+from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from livedesk.chat.access import Principal
@@ -45,6 +47,12 @@ from livedesk.platform.tracing import trace_context
 __all__ = ["WS_KEY", "WsContext", "websocket"]
 
 log = get_logger("livedesk.chat.ws")
+
+SEND_SECONDS = Histogram(
+    "livedesk_chat_send_seconds",
+    "From a send frame parsed to its ack written: validation, commit and ack.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 
 PresenceHook = Callable[[Principal, str], Awaitable[None]]
 
@@ -314,6 +322,8 @@ class _Session:
                 await self._presence(frame)
 
     async def _send(self, frame: Send) -> None:
+        started = time.perf_counter()
+
         def ack(message: Message, created: bool) -> None:
             self.socket.deliver(
                 dumps(
@@ -329,6 +339,7 @@ class _Session:
                     }
                 )
             )
+            SEND_SECONDS.observe(time.perf_counter() - started)
 
         await self.actions.send(
             self.principal,
