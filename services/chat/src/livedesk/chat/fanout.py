@@ -5,6 +5,8 @@ socket listens to; a frame published by any pod reaches every pod with a
 listener, which hands the same text to each local socket's send queue.
 Pub/sub is at-most-once: clients detect gaps by ``seq`` and fetch them
 (docs/protocol.md), so a lost publish delays a message but never loses it.
+On a Redis Cluster (REDIS_CLUSTER) the pod runs livedesk.chat.fanout_cluster's
+ClusterHub instead: the same Hub over sharded pub/sub.
 
 Channels: ``ld:c:{conversation_id}`` (a conversation's participants) and,
 for the consoles, lifecycle notices scoped to who may see them:
@@ -126,7 +128,7 @@ class Hub:
             current = self._listeners.get(channel)
             if current is None:
                 self._listeners[channel] = listener
-                await self._pubsub.subscribe(channel)
+                await self._subscribe(channel)
             elif isinstance(current, set):
                 current.add(listener)
             elif current is not listener:
@@ -147,7 +149,15 @@ class Hub:
                 return
             del self._listeners[channel]
             with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(channel)
+                await self._unsubscribe(channel)
+
+    async def _subscribe(self, channel: str) -> None:
+        """Start receiving ``channel`` (the first local listener joined; lock held)."""
+        await self._pubsub.subscribe(channel)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        """Stop receiving ``channel`` (its last local listener left; lock held)."""
+        await self._pubsub.unsubscribe(channel)
 
     def deliver_local(self, channel: str, frame: str) -> None:
         """Hand ``frame`` to this pod's listeners of ``channel``."""
@@ -180,13 +190,17 @@ class Hub:
             channels = ["ld:hub", *self._listeners]
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.subscribe(*channels)
-            # Frames published while we were away are gone: tell every local
-            # socket to fetch what it missed (by seq) instead of waiting for a gap.
-            listeners: set[Listener] = set()
-            for current in self._listeners.values():
-                if isinstance(current, set):
-                    listeners |= current
-                else:
-                    listeners.add(current)
+            self._resync(list(self._listeners))
+
+    def _resync(self, channels: Iterable[str]) -> None:
+        """Frames published on ``channels`` while they were not subscribed are gone:
+        their local sockets fetch what they missed (by seq) instead of waiting for a gap."""
+        listeners: set[Listener] = set()
+        for channel in channels:
+            current = self._listeners.get(channel)
+            if isinstance(current, set):
+                listeners |= current
+            elif current is not None:
+                listeners.add(current)
         for listener in listeners:
             listener.deliver(RESYNC_FRAME)

@@ -6,14 +6,16 @@ a resume (WebSocket subscribe ``after_seq``) or the first page of history is
 answered without a database round trip. Losing Redis loses no data, only
 latency.
 
-Layout: one sorted set per conversation (``<prefix><conversation_id>``),
+Layout: one sorted set per conversation (``<prefix>{<conversation_id>}``),
 score = seq, member = the message as compact JSON. The append script keeps
 the set's seqs **contiguous** (no holes) and at most ``max_messages`` long:
 the next seq is appended (oldest trimmed), the one just below the set is
 prepended (write-throughs from two pods can arrive out of order), anything
 else — a seq beyond a hole left by a failed write-through — starts the set
 again at that seq. Each write refreshes the TTL, so inactive conversations
-leave the cache by themselves.
+leave the cache by themselves. The conversation id is the keys' hash tag
+(``{...}``): on a Redis Cluster a conversation's set and its tombstone share
+a slot, as the scripts that use both need.
 
 A read asks for an inclusive seq range and says which seq it knows to exist
 (``known``: the conversation's ``last_seq``, the caller's own seq). It is
@@ -35,12 +37,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from livedesk.chat.models import Message
 from livedesk.chat.redis_batch import CommandBatcher
 from livedesk.chat.settings import ChatSettings
 from livedesk.platform.logging import get_logger
+from livedesk.platform.redis import AnyRedis
 
 __all__ = [
     "HOT_CACHE_READS",
@@ -163,7 +166,7 @@ class HotCache:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AnyRedis,
         *,
         max_messages: int = 100,
         ttl: int = 7 * 86400,
@@ -208,9 +211,12 @@ class HotCache:
             async with asyncio.timeout(self.timeout):
                 try:
                     await self._writes.execute("EVALSHA", self._append.sha, 2, *keys, *args)
-                except NoScriptError:  # a fresh or flushed Redis: this call loads it
-                    await self._append(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
+                except NoScriptError:
+                    # A fresh or flushed Redis (cluster node): EVAL loads the script
+                    # there. Through the batcher, so that the writes refused together
+                    # are retried in their order, not racing each other.
+                    await self._writes.execute("EVAL", _APPEND, 2, *keys, *args)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             # The next append finds the hole and starts the set again after it.
             self.stats.write_errors += 1
             HOT_CACHE_WRITES.labels("error").inc()
@@ -241,7 +247,7 @@ class HotCache:
                     keys=[self.key(conversation_id)], args=[first, last]
                 )
             messages = self._complete(conversation_id, reply, first, last, known)
-        except (RedisError, OSError, TimeoutError, ValueError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError, ValueError) as exc:
             self.stats.read_errors += 1
             HOT_CACHE_READS.labels("error").inc()
             self._failed("read", exc)
@@ -305,16 +311,24 @@ class HotCache:
             self._failing_since = None
 
 
-def open_hot_cache(settings: ChatSettings, shared: aioredis.Redis) -> HotCache | None:
+def open_hot_cache(settings: ChatSettings, shared: AnyRedis) -> HotCache | None:
     """The pod's hot cache: None when ``HOT_CACHE_MESSAGES`` is 0.
 
     On the pod's Redis (``shared``) unless ``HOT_CACHE_REDIS_URL`` names
-    another; that one is not pinged at start: the cache is no dependency.
+    another (a cluster too when ``REDIS_CLUSTER``); that one is not pinged
+    at start: the cache is no dependency.
     """
     if settings.hot_cache_messages == 0:
         return None
     redis = shared
-    if settings.hot_cache_redis_url:
+    if settings.hot_cache_redis_url and settings.redis_cluster:
+        # It reads its slot map (CLUSTER SLOTS) at its first command.
+        redis = aioredis.RedisCluster.from_url(
+            settings.hot_cache_redis_url,
+            socket_connect_timeout=settings.hot_cache_timeout,
+            socket_timeout=settings.hot_cache_timeout,
+        )
+    elif settings.hot_cache_redis_url:
         redis = aioredis.Redis.from_url(
             settings.hot_cache_redis_url,
             socket_connect_timeout=settings.hot_cache_timeout,

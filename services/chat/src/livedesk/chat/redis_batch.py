@@ -4,10 +4,11 @@ Every message costs a PUBLISH (fan-out) and a hot-cache write; sent one by
 one, each pays a pooled connection, a write and a read of its own. Here a
 command issued while an earlier round trip is under way waits for it to end
 and then goes with every other command issued meanwhile, as one pipeline
-(no transaction). Nothing waits for a batch to fill: on an idle pod each
-command leaves at once. Commands go out in the order they were issued, one
-round trip at a time, so two publishes on one channel never overtake each
-other.
+(no transaction; on a Redis Cluster, redis-py sends one pipeline per node at
+once and retries MOVED commands one by one, in order). Nothing waits for a
+batch to fill: on an idle pod each command leaves at once. Commands go out
+in the order they were issued, one round trip at a time, so two publishes on
+one channel never overtake each other.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+from livedesk.platform.redis import AnyRedis
 
 __all__ = ["CommandBatcher"]
 
@@ -26,7 +28,7 @@ _Waiting = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 class CommandBatcher:
     """Sends ``execute`` calls to ``redis`` in pipelines of up to ``max_batch`` commands."""
 
-    def __init__(self, redis: aioredis.Redis, *, timeout: float, max_batch: int = 1000) -> None:
+    def __init__(self, redis: AnyRedis, *, timeout: float, max_batch: int = 1000) -> None:
         """``timeout`` bounds each round trip: past it, its callers get ``TimeoutError``."""
         self._redis = redis
         self._timeout = timeout
@@ -64,7 +66,7 @@ class CommandBatcher:
             async with asyncio.timeout(self._timeout):
                 if len(batch) == 1:
                     try:
-                        replies = [await self._redis.execute_command(*batch[0][0])]  # type: ignore[no-untyped-call]
+                        replies = [await self._redis.execute_command(*batch[0][0])]
                     except ResponseError as exc:
                         replies = [exc]  # the command's own error, as a pipeline gives it
                 else:

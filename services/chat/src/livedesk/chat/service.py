@@ -27,6 +27,7 @@ from livedesk.chat.conversations import ConversationStore
 from livedesk.chat.directory import Directory
 from livedesk.chat.erasure import Eraser
 from livedesk.chat.fanout import Hub
+from livedesk.chat.fanout_cluster import ClusterHub
 from livedesk.chat.hot_cache import open_hot_cache
 from livedesk.chat.inbound import INBOUND_EVENT_TYPES, RoutingEvents
 from livedesk.chat.index import ConversationIndex, IndexSync
@@ -44,7 +45,7 @@ from livedesk.platform.health import HealthChecks
 from livedesk.platform.http import add_ops_routes, json_errors, request_context
 from livedesk.platform.logging import configure_logging, get_logger
 from livedesk.platform.postgres import PLATFORM_MIGRATIONS, open_database
-from livedesk.platform.redis import connect_redis
+from livedesk.platform.redis import AnyRedis, connect_redis, connect_redis_cluster
 from livedesk.platform.runtime import Shutdown, serve_http, settle_garbage_collector
 from livedesk.platform.settings import load_settings
 
@@ -147,9 +148,15 @@ async def main(shutdown: Shutdown) -> None:
             max_size=settings.db_pool_size,
         )
         stack.push_async_callback(shards.close, [pool])
-        redis = await connect_redis(settings.redis_url)
+        redis: AnyRedis
+        if settings.redis_cluster:
+            # Every chat key and channel is routed by slot; fan-out is sharded.
+            redis = await connect_redis_cluster(settings.redis_url)
+            hub: Hub = ClusterHub(redis)
+        else:
+            redis = await connect_redis(settings.redis_url)
+            hub = Hub(redis)
         stack.push_async_callback(redis.aclose)
-        hub = Hub(redis)
         await hub.start()
         stack.push_async_callback(hub.stop)
 

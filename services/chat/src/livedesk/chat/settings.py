@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,6 +21,9 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
     port: int = Field(8000, ge=1, le=65535)
     database_url: str = "postgresql://postgres@127.0.0.1:5432/livedesk_chat"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_URL (and HOT_CACHE_REDIS_URL) name one node of a Redis Cluster:
+    # sharded pub/sub, slot-routed commands (docs/operations.md "Redis Cluster").
+    redis_cluster: bool = False
     assignment_grpc_url: str = "127.0.0.1:50051"
     pod_id: str = Field("", max_length=128)
 
@@ -81,6 +85,22 @@ class ChatSettings(ServiceSettings, AmqpSettings, PostgresSettings, AuthSettings
                 self.archive_s3_addressing_style,
             ),
         )
+
+    @model_validator(mode="after")
+    def _valid_redis_cluster(self) -> ChatSettings:
+        if self.redis_cluster:
+            for name, url in (
+                ("REDIS_URL", self.redis_url),
+                ("HOT_CACHE_REDIS_URL", self.hot_cache_redis_url),
+            ):
+                parts = urlsplit(url)
+                if url and parts.scheme not in ("redis", "rediss"):
+                    raise ValueError(
+                        f"{name}: a Redis Cluster is reached over redis:// or rediss://"
+                    )
+                if parts.path not in ("", "/", "/0"):
+                    raise ValueError(f"{name}: a Redis Cluster has database 0 only")
+        return self
 
     @model_validator(mode="after")
     def _valid_shard_map(self) -> ChatSettings:

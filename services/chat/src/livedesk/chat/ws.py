@@ -12,7 +12,6 @@ from urllib.parse import parse_qs
 
 import asyncpg
 import orjson
-import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 from prometheus_client import Histogram
 from pydantic import ValidationError
@@ -42,6 +41,7 @@ from livedesk.chat.sockets import CLOSE_INTERNAL, CLOSE_POLICY, ClientSocket, So
 from livedesk.platform.auth import TokenError, TokenVerifier
 from livedesk.platform.http import error_response
 from livedesk.platform.logging import get_logger
+from livedesk.platform.redis import AnyRedis
 from livedesk.platform.tracing import trace_context
 
 __all__ = ["WS_KEY", "WsContext", "websocket"]
@@ -65,7 +65,7 @@ class WsContext:
     actions: ChatActions
     registry: SocketRegistry
     verifier: TokenVerifier
-    redis: aioredis.Redis
+    redis: AnyRedis  # one server or a cluster: the ticket is one key
     on_presence: PresenceHook | None = None
     pod_id: str = ""
 
