@@ -1123,7 +1123,8 @@ SCENARIOS: dict[str, Obj] = {
                 }
             },
             "pdb": {"maxUnavailable": "25%"},
-            "hotCache": {"messages": 50, "redisUrl": "redis://cache:6379/3"},
+            "redisCluster": True,
+            "hotCache": {"messages": 50, "redisUrl": "redis://cache:6379/0"},
             "archive": {
                 "enabled": True,
                 "schedule": "@hourly",
@@ -1227,6 +1228,7 @@ def test_chart_renders_valid_objects(helm: Any, scenario: str) -> None:
         assert env["ARCHIVE_AFTER_DAYS"] == str(values["chat"]["archive"]["afterDays"])
         assert env["ARCHIVE_BATCH_SIZE"] == str(values["chat"]["archive"]["batchSize"])
         assert env["HOT_CACHE_MESSAGES"] == str(values["chat"]["hotCache"]["messages"])
+        assert ("REDIS_CLUSTER" in env) == values["chat"]["redisCluster"]
         assert cronjobs[0]["spec"]["schedule"] == values["chat"]["archive"]["schedule"]
     else:
         assert cronjobs == []
@@ -1251,9 +1253,11 @@ def test_chart_renders_valid_objects(helm: Any, scenario: str) -> None:
         )
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected_ports
         assert ("replicas" in deploy["spec"]) != svc["autoscaling"]["enabled"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
         if svc.get("embeddedChdb"):
-            env = {e["name"]: e.get("value") for e in container["env"]}
             assert env["CHDB_PATH"] == svc["persistence"]["mountPath"]
+        if name == "chat":
+            assert env.get("REDIS_CLUSTER") == ("true" if svc["redisCluster"] else None)
 
     hooks = [o for o in objs if o["kind"] == "Pod"]
     services = {

@@ -32,6 +32,10 @@ its AWS keys. Empty S3 settings are left out: botocore's chain (AWS_REGION,
 AWS_ENDPOINT_URL_S3, web identity, instance role) fills them in.
 */}}
 {{- define "livedesk.chatEnv" -}}
+{{- if .svc.redisCluster }}
+- name: REDIS_CLUSTER
+  value: "true"
+{{- end }}
 {{- with .svc.hotCache }}
 - name: HOT_CACHE_MESSAGES
   value: {{ .messages | quote }}
