@@ -36,6 +36,7 @@ MONDAY = dt.datetime(2024, 5, 6, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 MINUTE = dt.timedelta(minutes=1)
 DAY = dt.timedelta(days=1)
+NOW = dt.timedelta(minutes=17, seconds=23, milliseconds=456)
 WEB_HOURS = ("web", "Europe/Paris", [11 * 3600 + 60, 12 * 3600 + 600], [12 * 3600 + 300, 19 * 3600])
 RANGES = [
     ReportFilter(TENANT, MONDAY, MONDAY + DAY),
@@ -54,6 +55,18 @@ RANGES = [
     ReportFilter(TENANT, MONDAY + 4 * HOUR, MONDAY + DAY + 4 * HOUR, agent_id="a2"),
     ReportFilter(TENANT, MONDAY + 9 * HOUR, MONDAY + 12 * HOUR + 30 * MINUTE, agent_id="a1"),
     ReportFilter(TENANT, MONDAY + 9 * HOUR, MONDAY + 13 * HOUR + 30 * MINUTE, inbox_id="web"),
+    # Partial hours, read from the hours' items: c1's resolves at 09:30 and 11:00 decide
+    # which one counts, a2's assignment at 12:06 is handled after a1's at 12:01.
+    ReportFilter(TENANT, MONDAY + 9 * HOUR + 31 * MINUTE, MONDAY + 11 * HOUR + 30 * MINUTE),
+    ReportFilter(TENANT, MONDAY + 9 * HOUR + 30 * MINUTE, MONDAY + 10 * HOUR + 15 * MINUTE),
+    ReportFilter(TENANT, MONDAY + 12 * HOUR + 2 * MINUTE, MONDAY + 12 * HOUR + 20 * MINUTE),
+    ReportFilter(
+        TENANT, MONDAY + 9 * HOUR + MINUTE, MONDAY + 9 * HOUR + 30 * MINUTE, agent_id="a1"
+    ),
+    ReportFilter(TENANT, MONDAY + 12 * HOUR + 5 * MINUTE, MONDAY + 13 * HOUR, team_id="support"),
+    # The API's default: up to "now", a mid-hour instant (here one day).
+    ReportFilter(TENANT, MONDAY - DAY + 10 * HOUR + NOW, MONDAY + 10 * HOUR + NOW),
+    ReportFilter(TENANT, MONDAY + 10 * HOUR + NOW, MONDAY + DAY + 10 * HOUR + NOW, inbox_id="web"),
 ]
 
 
@@ -122,14 +135,28 @@ async def test_partial_days_read_their_whole_hours_pre_aggregated(
     # 10:00-12:00: two hours of Monday, nothing live.
     plan = await reports.day_plan(migrated, RANGES[7])
     assert (plan.clean, plan.hours, plan.live) == ((), ((stamp, 10, 12),), ())
-    # 09:20-12:05: 10:00-12:00 pre-aggregated, only the partial hours live.
+    # 09:20-12:05: 10:00-12:00 from the hours, the partial hours from their items.
     plan = await reports.day_plan(migrated, RANGES[9])
     assert plan.hours == ((stamp, 10, 12),)
     ms = reports._ms
-    assert plan.live == (
-        (ms(RANGES[9].start), ms(MONDAY + 10 * HOUR)),
-        (ms(MONDAY + 12 * HOUR), ms(RANGES[9].end)),
+    assert plan.partial == (
+        (stamp, 9, (ms(RANGES[9].start), ms(MONDAY + 10 * HOUR))),
+        (stamp, 12, (ms(MONDAY + 12 * HOUR), ms(RANGES[9].end))),
     )
+    assert plan.live == ()
+    # Inside one hour, and two partial hours with no whole hour between them.
+    plan = await reports.day_plan(migrated, RANGES[17])
+    assert (plan.hours, plan.partial, plan.live) == (
+        (),
+        ((stamp, 12, (ms(RANGES[17].start), ms(RANGES[17].end))),),
+        (),
+    )
+    plan = await reports.day_plan(migrated, RANGES[16])
+    assert (plan.hours, plan.live) == ((), ())
+    assert [(hour, w) for _, hour, w in plan.partial] == [
+        (9, (ms(RANGES[16].start), ms(MONDAY + 10 * HOUR))),
+        (10, (ms(MONDAY + 10 * HOUR), ms(RANGES[16].end))),
+    ]
     # From a UTC-4 midnight: Monday's hours 4-23 (Tuesday has no data: live, empty).
     plan = await reports.day_plan(migrated, RANGES[11])
     assert plan.hours == ((stamp, 4, 24),)
@@ -140,6 +167,19 @@ async def test_partial_days_read_their_whole_hours_pre_aggregated(
     )
     c1 = (await reports.overview(migrated, RANGES[8]))["csat"]
     assert (c1["resolved_conversations"], c1["rated_conversations"]) == (1, 1)  # 09:30 counts
+    for flt in RANGES[15:]:
+        assert await _reports(migrated, flt) == await _live_reports(migrated, flt, monkeypatch)
+    # 09:31-11:30: c1's resolve at 11:00 (a partial hour's item) is the one counted.
+    agents = {r["agent_id"]: r for r in await reports.breakdown(migrated, RANGES[15], "agent")}
+    assert (agents["a2"]["conversations_resolved"], agents["a2"]["conversations_handled"]) == (1, 1)
+    # A day changed since its computation: its partial hours are live again.
+    await daily.mark_days(migrated, [(TENANT, MONDAY.date())])
+    plan = await reports.day_plan(migrated, RANGES[9])
+    assert (plan.hours, plan.partial, plan.live) == (
+        (),
+        (),
+        ((ms(RANGES[9].start), ms(RANGES[9].end)),),
+    )
 
 
 async def _live_reports(
@@ -218,6 +258,49 @@ async def test_a_late_event_makes_its_days_live_until_refreshed(
     await daily.refresh(migrated)
     assert await _clean_days(migrated, RANGES[2]) == [MONDAY.date(), (MONDAY + DAY).date()]
     assert await _all(migrated) == after
+
+
+async def test_a_changed_day_reads_its_unchanged_hours_pre_aggregated(
+    migrated: Store,
+    history: list[Envelope],
+    builder: Any,
+    ingest_events: Ingest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _setup(migrated, ingest_events, history)
+    await daily.refresh(migrated)
+    stamp = (await reports.day_plan(migrated, RANGES[0])).clean[0]
+    late = builder()
+    late.assigned("c3", "13:30", "a1")  # c3 (created 13:00) changes: only hour 13 of Monday
+    await ingest_events(migrated, late.events)
+    plan = await reports.day_plan(migrated, RANGES[0])
+    ms = reports._ms
+    dirty = plan.fresh[0]
+    assert (dirty[0], dirty[2]) == (stamp[0], stamp[2])  # the same computation, now outdated
+    assert plan.clean == ()
+    assert plan.hours == ((dirty, 0, 13), (dirty, 14, 24))
+    assert plan.live == ((ms(MONDAY + 13 * HOUR), ms(MONDAY + 14 * HOUR)),)
+    for flt in RANGES:
+        assert await _reports(migrated, flt) == await _live_reports(migrated, flt, monkeypatch)
+    # Another change in the hour already live does not invalidate the plan; one in an
+    # hour it reads pre-aggregated does.
+    late = builder()
+    late.message("c3", "13:40", "a1", "sorry for the wait")
+    await ingest_events(migrated, late.events)
+    assert await reports._plan_still_holds(migrated, RANGES[0], plan)
+    late = builder()
+    late.message("c2", "12:40", "a2", "anything else?")
+    await ingest_events(migrated, late.events)
+    assert not await reports._plan_still_holds(migrated, RANGES[0], plan)
+    plan = await reports.day_plan(migrated, RANGES[0])
+    assert plan.live == ((ms(MONDAY + 12 * HOUR), ms(MONDAY + 14 * HOUR)),)
+    assert await _reports(migrated, RANGES[9]) == await _live_reports(
+        migrated, RANGES[9], monkeypatch
+    )
+    # Business hours (and erasures) change every hour of the day: nothing read from it.
+    await daily.mark_tenant_dirty(migrated, TENANT)
+    plan = await reports.day_plan(migrated, RANGES[0])
+    assert (plan.clean, plan.hours, plan.partial, plan.fresh) == ((), (), (), ())
 
 
 async def test_changed_business_hours_apply_to_pre_aggregated_days(

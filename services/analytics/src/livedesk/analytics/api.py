@@ -58,8 +58,20 @@ class ApiConfig:
 
     @property
     def query_settings(self) -> dict[str, Any]:
-        """ClickHouse settings every report query runs with."""
-        return {"max_execution_time": max(1, round(self.query_timeout))}
+        """ClickHouse settings every report query runs with.
+
+        No JIT compilation of expressions: ClickHouse compiles an expression
+        on its 4th use (``min_count_to_compile_expression``), which took
+        40-110 ms of one report call per query shape in each process, and the
+        compiled code made no measurable difference to these queries (few
+        rows each; docs/benchmarks/analytics.md).
+        """
+        return {
+            "max_execution_time": max(1, round(self.query_timeout)),
+            "compile_expressions": 0,
+            "compile_aggregate_expressions": 0,
+            "compile_sort_description": 0,
+        }
 
 
 CONFIG_KEY = web.AppKey("analytics_api", ApiConfig)

@@ -1,13 +1,17 @@
 """Keeping ``report_daily`` current: the report items of each tenant's UTC days, pre-aggregated.
 
 Each computation of a day writes its rows per UTC hour (``report_hourly``,
-read for the whole hours of a range's partial first and last days) and per
+read for the whole hours of a range's partial first and last days, and with
+each item's instant, ``items``, for the partial hours at its ends) and per
 day (``report_daily``, from the hours), with the same id.
 
 Every summary the ingester (re-)computes marks the days its items fall on
-dirty in ``report_days`` (a materialized view, in the same INSERT: nothing is
-added to the ingester's own work). Erasure and business-hours changes mark
-days dirty too (:func:`drop_days`, :func:`mark_tenant_dirty`).
+dirty in ``report_days``, and their hours in ``report_hours`` (materialized
+views, in the same INSERT: nothing is added to the ingester's own work).
+Erasure and business-hours changes mark days, and all their hours, dirty too
+(:func:`drop_days`, :func:`mark_tenant_dirty`). The refresher re-computes
+whole days; reports also read the hours of a dirty day that did not change
+since its last computation (``reports.py``).
 :class:`DailyRefresher` re-computes the dirty days in the background, one day
 per statement, so a refresh never holds the store for long: each computation
 gets an id (``computed_at``, the store's clock when it started, minus a margin
@@ -76,18 +80,23 @@ by another replica just before may not be visible yet (its day stays dirty)."""
 
 _DAY_MS = 86_400_000
 
+# Newest days first: reports mostly ask for recent ranges, and after a change of
+# every day (business hours, an upgrade) the last 30 days are pre-aggregated
+# again in half the round instead of at its end.
 _DIRTY = """
 SELECT tenant_id, day FROM report_days
 GROUP BY tenant_id, day HAVING max(dirtied_at) >= max(computed_at)
-ORDER BY tenant_id, day"""
+ORDER BY tenant_id, day DESC"""
 
 _NOW = "SELECT toUInt64(toUnixTimestamp64Micro(now64(6)))"
 
 _WRITE_HOURS = """
-INSERT INTO report_hourly
+INSERT INTO report_hourly (tenant_id, day, hour, computed_at, kind, inbox_id, team_id, agents,
+                           agent, n, total, vals, bh_n, bh_total, bh_vals, links, slots, items)
 SELECT tenant_id, day, hour, computed_at, kind, inbox_id, team_id, agents, agent, n, total, vals,
        bh_n, bh_total, bh_vals, links,
-       if(empty(slot_list), [], arrayMap(i -> toUInt32(countEqual(slot_list, i)), range(4)))
+       if(empty(slot_list), [], arrayMap(i -> toUInt32(countEqual(slot_list, i)), range(4))),
+       items
 FROM (
     SELECT {tenant:String} AS tenant_id, toDate(at) AS day, toHour(at) AS hour,
            {computed:UInt64} AS computed_at,
@@ -97,7 +106,8 @@ FROM (
            groupArrayIf(bh, bh >= 0) AS bh_vals,
            groupArrayIf(link, link != toDateTime64(0, 3, 'UTC')) AS links,
            groupArrayIf(toUInt8(intDiv(toUnixTimestamp64Milli(at) % 3600000, 900000)),
-                        kind IN ('created', 'resolution')) AS slot_list
+                        kind IN ('created', 'resolution')) AS slot_list,
+           groupArray((at, v, bh, link)) AS items
     FROM ({items})
     GROUP BY day, hour, kind, inbox_id, team_id, agents, agent
 )
@@ -145,6 +155,12 @@ INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
 SELECT tenant_id, day, toUInt64(toUnixTimestamp64Micro(now64(6))), 0 FROM report_days
 WHERE tenant_id = {tenant:String} GROUP BY tenant_id, day"""
 
+# Every hour of the tenant's days (reports read clean hours of dirty days).
+_MARK_TENANT_HOURS = """
+INSERT INTO report_hours (tenant_id, day, hour, dirtied_at)
+SELECT tenant_id, day, arrayJoin(range(24)), toUInt64(toUnixTimestamp64Micro(now64(6)))
+FROM report_days WHERE tenant_id = {tenant:String} GROUP BY tenant_id, day"""
+
 # Every day from a conversation's first to its last counted instant (a
 # superset of its item days, so nothing it counted in stays clean).
 _CONVERSATION_DAYS = """
@@ -158,6 +174,11 @@ INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
 SELECT d.1, d.2, toUInt64(toUnixTimestamp64Micro(now64(6))), 0
 FROM (SELECT arrayJoin({days:Array(Tuple(String, Date))}) AS d)"""
 
+_MARK_DAYS_HOURS = """
+INSERT INTO report_hours (tenant_id, day, hour, dirtied_at)
+SELECT d.1, d.2, arrayJoin(range(24)), toUInt64(toUnixTimestamp64Micro(now64(6)))
+FROM (SELECT arrayJoin({days:Array(Tuple(String, Date))}) AS d)"""
+
 _DELETE_DAYS = (
     "DELETE FROM {table}{local} {on_cluster} WHERE (tenant_id, day) IN "
     "(SELECT arrayJoin({days:Array(Tuple(String, Date))}))"
@@ -166,6 +187,7 @@ _DELETE_DAYS = (
 
 async def mark_tenant_dirty(store: Store, tenant_id: str) -> None:
     """Make every pre-aggregated day of ``tenant_id`` live until re-computed (business hours)."""
+    await store.command(_MARK_TENANT_HOURS, {"tenant": tenant_id})
     await store.command(_MARK_TENANT, {"tenant": tenant_id})
 
 
@@ -183,8 +205,9 @@ async def conversation_days(store: Store, keys: Iterable[tuple[str, str]]) -> li
 
 
 async def mark_days(store: Store, days: Sequence[Day]) -> None:
-    """Mark ``days`` dirty: reports compute them live until they are re-computed."""
+    """Mark ``days`` dirty (every hour of them): reports compute them live until re-computed."""
     if days:
+        await store.command(_MARK_DAYS_HOURS, {"days": list(days)})
         await store.command(_MARK_DAYS, {"days": list(days)})
 
 

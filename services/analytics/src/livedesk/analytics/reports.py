@@ -17,9 +17,12 @@ every duration value per (inbox, team, agents, item agent, kind). A report
 reads the range's whole days whose pre-aggregate is current (``report_days``:
 computed after the last change of any of their summaries) from there, the
 whole UTC hours of its partial first and last days from the same
-computation's per-hour rows (``report_hourly``, migration 0007), and computes
-the rest of the range (partial hours at its ends, days changed since their
-last computation) live from the summaries, in the same query.
+computation's per-hour rows (``report_hourly``, migration 0007), the partial
+hours at its ends from those rows' items whose instant is inside the range
+(migration 0008), the hours of days changed since their last computation that
+did not change themselves (``report_hours``) from that computation too, and
+computes the rest (the changed hours: in a live system, the current one)
+live from the summaries, in the same query.
 Both give the same items, so the numbers are those of a fully live
 computation. Business seconds of the live part are computed at query time;
 those of the pre-aggregates with the hours current when they were computed,
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -220,15 +224,20 @@ DURATION_KINDS: tuple[str, ...] = ("wait", "first_response", "resolution", "repl
 """Kinds whose values are durations (quantiles are taken over them)."""
 
 
-def _window_sql(windows: Sequence[Window], at: str, until: str) -> tuple[str, dict[str, Any]]:
-    """SQL true when ``[at, until]`` meets one of ``windows`` (``at = until``: ``at`` is in one)."""
+def _window_sql(
+    windows: Sequence[Window], at: str, until: str, name: str = "w"
+) -> tuple[str, dict[str, Any]]:
+    """SQL true when ``[at, until]`` meets one of ``windows`` (``at = until``: ``at`` is in one).
+
+    Its parameters are named after ``name``.
+    """
     parameters: dict[str, Any] = {}
     terms = []
     for i, (start, end) in enumerate(windows):
-        parameters[f"w{i}s"], parameters[f"w{i}e"] = start, end
+        parameters[f"{name}{i}s"], parameters[f"{name}{i}e"] = start, end
         terms.append(
-            f"({until} >= fromUnixTimestamp64Milli({{w{i}s:Int64}}, 'UTC')"
-            f" AND {at} < fromUnixTimestamp64Milli({{w{i}e:Int64}}, 'UTC'))"
+            f"({until} >= fromUnixTimestamp64Milli({{{name}{i}s:Int64}}, 'UTC')"
+            f" AND {at} < fromUnixTimestamp64Milli({{{name}{i}e:Int64}}, 'UTC'))"
         )
     return "(" + " OR ".join(terms or ["0"]) + ")", parameters
 
@@ -328,11 +337,29 @@ class DayPlan:
     live: tuple[Window, ...]
     """The rest of the range, computed from ``conversation_summary``."""
     hours: tuple[tuple[Stamp, int, int], ...] = ()
-    """Partial days at the range's ends read from ``report_hourly``: hours ``[first, last)``."""
+    """Days read per hour from ``report_hourly``: hours ``[first, last)`` of their computation."""
+    partial: tuple[tuple[Stamp, int, Window], ...] = ()
+    """Partial hours at the range's ends: (day, hour, the window of it inside the range), read
+    from the items of ``report_hourly`` whose instant is in the window."""
+    fresh: tuple[Stamp, ...] = ()
+    """Days changed since their last computation whose hours that did not change since
+    (``report_hours``) are read from it (in ``hours`` / ``partial``)."""
 
     def stamps(self) -> list[Stamp]:
-        """Every pre-aggregated day the plan reads, in order."""
-        return sorted([*self.clean, *(stamp for stamp, _, _ in self.hours)])
+        """Every clean pre-aggregated day the plan reads, in order."""
+        used = {
+            *self.clean,
+            *(stamp for stamp, _, _ in self.hours),
+            *(s for s, _, _ in self.partial),
+        }
+        return sorted(used - set(self.fresh))
+
+    def fresh_hours(self) -> list[tuple[dt.date, int, int]]:
+        """(day, hour, computed_at) of every hour the plan reads from a changed day."""
+        fresh = set(self.fresh)
+        used = {(s[0], h, s[2]) for s, a, b in self.hours if s in fresh for h in range(a, b)}
+        used.update((s[0], h, s[2]) for s, h, _ in self.partial if s in fresh)
+        return sorted(used)
 
 
 _DAY_MS = 86_400_000
@@ -340,7 +367,12 @@ _HOUR_MS = 3_600_000
 
 
 async def day_plan(store: Store, flt: ReportFilter) -> DayPlan:
-    """Split the range: clean whole UTC days, clean whole UTC hours of its ends, live windows."""
+    """Split the range: clean whole UTC days, clean UTC hours (whole or not), live windows.
+
+    A day changed since its last computation (in a live system: today, most
+    of the time) still has that computation's rows for the hours that did
+    not change since (``report_hours``): those are read too.
+    """
     start, end = _ms(flt.start), _ms(flt.end)
     if start >= end:
         return _plan(flt, ())
@@ -348,39 +380,85 @@ async def day_plan(store: Store, flt: ReportFilter) -> DayPlan:
         """
 SELECT day, max(dirtied_at) AS d, max(computed_at) AS c FROM report_days
 WHERE tenant_id = {tenant:String} AND day >= {d0:Date} AND day <= {d1:Date}
-GROUP BY day HAVING c > d ORDER BY day""",
+GROUP BY day HAVING c > 0 ORDER BY day""",
         {
             "tenant": flt.tenant_id,
             "d0": _date(start // _DAY_MS),
             "d1": _date((end - 1) // _DAY_MS),
         },
     )
-    return _plan(flt, [(day, int(d), int(c)) for day, d, c in rows], hourly=True)
+    stamps = [(day, int(d), int(c)) for day, d, c in rows]
+    clean = [s for s in stamps if s[2] > s[1]]
+    dirty = [s for s in stamps if s[2] <= s[1]]
+    fresh: list[tuple[Stamp, frozenset[int]]] = []
+    if dirty:
+        marks = await _hour_marks(store, flt.tenant_id, [s[0] for s in dirty])
+        for stamp in dirty:
+            usable = frozenset(h for h in range(24) if marks.get((stamp[0], h), 0) < stamp[2])
+            if usable:
+                fresh.append((stamp, usable))
+    return _plan(flt, clean, hourly=True, fresh=fresh)
 
 
-def _plan(flt: ReportFilter, clean: Sequence[Stamp], hourly: bool = False) -> DayPlan:
+async def _hour_marks(
+    store: Store, tenant_id: str, days: Sequence[dt.date]
+) -> dict[tuple[dt.date, int], int]:
+    """When each hour of ``days`` last changed (hours never marked: absent)."""
+    rows = await store.query(
+        """
+SELECT day, hour, max(dirtied_at) FROM report_hours
+WHERE tenant_id = {tenant:String} AND day IN {days:Array(Date)}
+GROUP BY day, hour""",
+        {"tenant": tenant_id, "days": list(days)},
+    )
+    return {(day, int(hour)): int(d) for day, hour, d in rows}
+
+
+def _plan(
+    flt: ReportFilter,
+    clean: Sequence[Stamp],
+    hourly: bool = False,
+    fresh: Sequence[tuple[Stamp, frozenset[int]]] = (),
+) -> DayPlan:
     """The plan reading ``clean`` days pre-aggregated and the rest of the range live.
 
     Days of ``clean`` wholly inside the range are read per day; with
-    ``hourly``, the whole hours inside the range of the others (the
-    range's first and last days) are read per hour.
+    ``hourly``, the others (the range's first and last days) and the hours
+    of ``fresh`` (changed days: the hours that did not change since their
+    computation) are read per hour: whole hours inside the range from the
+    hours' aggregates, partial hours at the range's ends from the hours' items.
     """
     start, end = _ms(flt.start), _ms(flt.end)
     whole: list[Stamp] = []
     hours: list[tuple[Stamp, int, int]] = []
+    partial: list[tuple[Stamp, int, Window]] = []
     parts: list[Window] = []  # pre-aggregated, in order
-    for stamp in clean:
+    days: list[tuple[Stamp, frozenset[int] | None]] = [(s, None) for s in clean]
+    days.extend(fresh if hourly else ())
+    for stamp, usable in sorted(days, key=lambda d: d[0]):
         day_start = _day_ms(stamp[0])
         lo, hi = max(start, day_start), min(end, day_start + _DAY_MS)
-        if (lo, hi) == (day_start, day_start + _DAY_MS):
+        if usable is None and (lo, hi) == (day_start, day_start + _DAY_MS):
             whole.append(stamp)
             parts.append((lo, hi))
-        elif hourly:
+        elif hourly and lo < hi:
             first = -(-(lo - day_start) // _HOUR_MS)
             last = (hi - day_start) // _HOUR_MS
-            if first < last:
-                hours.append((stamp, first, last))
-                parts.append((day_start + first * _HOUR_MS, day_start + last * _HOUR_MS))
+            # [lo, hi) cut at the hour boundaries: partial pieces and whole hours, in order.
+            cuts = sorted({lo, hi, *(day_start + h * _HOUR_MS for h in range(first, last + 1))})
+            for a, b in itertools.pairwise(cuts):
+                hour = (a - day_start) // _HOUR_MS
+                if usable is not None and hour not in usable:
+                    continue
+                if b - a < _HOUR_MS:
+                    partial.append((stamp, hour, (a, b)))
+                elif hours and hours[-1][0] == stamp and hours[-1][2] == hour:
+                    hours[-1] = (stamp, hours[-1][1], hour + 1)  # the same run of hours
+                    parts[-1] = (parts[-1][0], b)
+                    continue
+                else:
+                    hours.append((stamp, hour, hour + 1))
+                parts.append((a, b))
     live: list[Window] = []
     cursor = start
     for lo, hi in parts:
@@ -389,7 +467,14 @@ def _plan(flt: ReportFilter, clean: Sequence[Stamp], hourly: bool = False) -> Da
         cursor = hi
     if cursor < end:
         live.append((cursor, end))
-    return DayPlan(tuple(whole), tuple(live), tuple(hours))
+    used = {s for s, _, _ in hours} | {s for s, _, _ in partial}
+    return DayPlan(
+        tuple(whole),
+        tuple(live),
+        tuple(hours),
+        tuple(partial),
+        tuple(s for s, _ in fresh if s in used),
+    )
 
 
 def _day_ms(day: dt.date) -> int:
@@ -397,23 +482,29 @@ def _day_ms(day: dt.date) -> int:
 
 
 async def _plan_still_holds(store: Store, flt: ReportFilter, plan: DayPlan) -> bool:
-    """True when no clean day of ``plan`` changed since it was made.
+    """True when nothing the plan reads pre-aggregated changed since it was made.
 
     Days only ever get dirtier or newly computed (both stamps grow), so
     unchanged stamps now mean they held for the whole report query too:
-    its pre-aggregates and its live part saw the same summaries.
+    its pre-aggregates and its live part saw the same summaries. Hours read
+    from a changed day must still be unchanged since its computation.
     """
     stamps = plan.stamps()
-    if not stamps:
-        return True
-    rows = await store.query(
-        """
+    if stamps:
+        rows = await store.query(
+            """
 SELECT day, max(dirtied_at), max(computed_at) FROM report_days
 WHERE tenant_id = {tenant:String} AND day IN {days:Array(Date)}
 GROUP BY day ORDER BY day""",
-        {"tenant": flt.tenant_id, "days": [d for d, _, _ in stamps]},
-    )
-    return [(day, int(d), int(c)) for day, d, c in rows] == stamps
+            {"tenant": flt.tenant_id, "days": [d for d, _, _ in stamps]},
+        )
+        if [(day, int(d), int(c)) for day, d, c in rows] != stamps:
+            return False
+    used = plan.fresh_hours()
+    if used:
+        marks = await _hour_marks(store, flt.tenant_id, sorted({d for d, _, _ in used}))
+        return all(marks.get((day, hour), 0) < computed for day, hour, computed in used)
+    return True
 
 
 def _date(days: int) -> dt.date:
@@ -445,6 +536,25 @@ _HOURLY = (
       AND (day, computed_at, hour) IN (SELECT arrayJoin({hgens:Array(Tuple(Date, UInt64, UInt8))}))
       AND kind IN {kinds:Array(String)}"""
     + _CONV_FILTER
+)
+
+# The partial hours of a plan's first and last days: the hours' items inside the
+# range, aggregated as daily._WRITE_HOURS aggregates all of them ({in_range}: on it.1).
+_PARTIAL = (
+    """
+    SELECT {key} AS key, kind, count() AS n, sum(it.2) AS total,
+           groupArrayIf(it.2, kind IN {durations:Array(String)}) AS vals,
+           countIf(it.3 >= 0) AS bh_n, sumIf(it.3, it.3 >= 0) AS bh_total,
+           groupArrayIf(it.3, it.3 >= 0) AS bh_vals,
+           groupArrayIf(it.4, it.4 != toDateTime64(0, 3, 'UTC')) AS links
+    FROM report_hourly ARRAY JOIN items AS it
+    WHERE tenant_id = {tenant:String} AND day >= {pd0:Date} AND day <= {pd1:Date}
+      AND (day, computed_at, hour) IN (SELECT arrayJoin({pgens:Array(Tuple(Date, UInt64, UInt8))}))
+      AND kind IN {kinds:Array(String)}"""
+    + _CONV_FILTER
+    + """
+      AND {in_range}
+    GROUP BY key, kind"""
 )
 
 _NO_VALUES = "CAST([] AS Array(Float64))"
@@ -516,7 +626,8 @@ def _live_sql(
         )
     # Values with no agent (created, episode, reply) never reach an agent's row.
     skipped = ("created", "episode", "reply") if by_agent else ()
-    wanted = [cells[k] for k in kinds if k not in skipped]
+    wanted_kinds = [k for k in kinds if k not in skipped]
+    wanted = [cells[k] for k in wanted_kinds]
     in_summary, _ = _window_sql(windows, "first_at", "last_at")
     agents = (
         """
@@ -535,6 +646,40 @@ def _live_sql(
             AND arrayCount(j -> j < i AND assigns[j].2 = assigns[i].2 AND assigns[j].1 >= {_F},
                            arrayEnumerate(assigns)) = 0,
             arrayEnumerate(assigns)))"""
+    columns = {
+        "ep_in": f"arrayFilter(ep -> {inside('ep.1')}, episodes)",
+        "ep_w": f"arrayFilter(ep -> ep.2 >= ep.1{of('ep.3')}, ep_in)",
+        "ep_f": f"arrayFilter(ep -> ep.4 >= ep.1{of('ep.5')}, ep_in)",
+        "res_in": f"arrayFilter(r -> {inside('r.1')}{of('r.2')}, resolves)",
+        "rate_in": f"arrayFilter(x -> {inside('x.1')}{of('x.3')}, ratings)",
+        "rep_in": f"arrayFilter(x -> {inside('x.1')}, replies)",
+        "res_last": f"""arrayCount(i -> {inside("resolves[i].1")}{of("resolves[i].2")}
+                                AND (i = length(resolves) OR resolves[i + 1].1 >= {_T}),
+                           arrayEnumerate(resolves))""",
+        "handled": handled,
+        "v_wait": f"arrayMap(ep -> {_secs('ep.1', 'ep.2')}, ep_w)",
+        "v_first_response": f"arrayMap(ep -> {_secs('ep.1', 'ep.4')}, ep_f)",
+        "v_resolution": f"arrayMap(r -> {_secs('created_at', 'r.1')}, res_in)",
+        "v_reply": f"arrayMap(x -> {_secs('x.1', 'x.2')}, rep_in)",
+        **{f"bh_{name}": sql for name, sql in bh.items()},
+    }
+    # Only the columns of the kinds asked for: the query analysis of each lambda is
+    # most of a live part's fixed cost (≈ 5 ms less for the overview, without handled).
+    needs = {
+        "episode": ("ep_in",),
+        "handled": ("handled",),
+        "resolved": ("res_last",),
+        "rated_resolved": ("res_last",),
+        "rating": ("rate_in",),
+        "wait": ("ep_in", "ep_w", "v_wait", "bh_wait"),
+        "first_response": ("ep_in", "ep_f", "v_first_response", "bh_first_response"),
+        "resolution": ("res_in", "v_resolution", "bh_resolution"),
+        "reply": ("rep_in", "v_reply", "bh_reply"),
+    }
+    needed = {column for k in wanted_kinds for column in needs.get(k, ())}
+    selected = "".join(
+        f",\n                {sql} AS {alias}" for alias, sql in columns.items() if alias in needed
+    )
     sql = f"""
     SELECT key, kv.1 AS kind, kv.2 AS n, kv.3 AS total, kv.4 AS vals, kv.5 AS bh_n,
            kv.6 AS bh_total, kv.7 AS bh_vals, CAST([] AS Array(DateTime64(3, 'UTC'))) AS links
@@ -542,25 +687,7 @@ def _live_sql(
         SELECT key, [{", ".join(wanted)}] AS kvs
         FROM (
             SELECT
-                {key} AS key, created_at, ratings,
-                arrayFilter(ep -> {inside("ep.1")}, episodes) AS ep_in,
-                arrayFilter(ep -> ep.2 >= ep.1{of("ep.3")}, ep_in) AS ep_w,
-                arrayFilter(ep -> ep.4 >= ep.1{of("ep.5")}, ep_in) AS ep_f,
-                arrayFilter(r -> {inside("r.1")}{of("r.2")}, resolves) AS res_in,
-                arrayFilter(x -> {inside("x.1")}{of("x.3")}, ratings) AS rate_in,
-                arrayFilter(x -> {inside("x.1")}, replies) AS rep_in,
-                arrayCount(i -> {inside("resolves[i].1")}{of("resolves[i].2")}
-                                AND (i = length(resolves) OR resolves[i + 1].1 >= {_T}),
-                           arrayEnumerate(resolves)) AS res_last,
-                {handled} AS handled,
-                arrayMap(ep -> {_secs("ep.1", "ep.2")}, ep_w) AS v_wait,
-                arrayMap(ep -> {_secs("ep.1", "ep.4")}, ep_f) AS v_first_response,
-                arrayMap(r -> {_secs("created_at", "r.1")}, res_in) AS v_resolution,
-                arrayMap(x -> {_secs("x.1", "x.2")}, rep_in) AS v_reply,
-                {bh["wait"]} AS bh_wait,
-                {bh["first_response"]} AS bh_first_response,
-                {bh["resolution"]} AS bh_resolution,
-                {bh["reply"]} AS bh_reply
+                {key} AS key, created_at, ratings{selected}
             FROM conversation_summary FINAL {agents}
             WHERE tenant_id = {{tenant:String}} AND {in_summary} {_CONV_FILTER}
         )
@@ -636,6 +763,14 @@ async def _aggregate_plan(
             for hour in range(first, last)
         ]
         parameters["hd0"], parameters["hd1"] = plan.hours[0][0][0], plan.hours[-1][0][0]
+    if plan.partial:
+        in_range, p = _window_sql([w for _, _, w in plan.partial], "it.1", "it.1", "pw")
+        parts.append(_PARTIAL.replace("{key}", key).replace("{in_range}", in_range))
+        parameters.update(p)
+        parameters["pgens"] = [
+            (day, computed, hour) for (day, _, computed), hour, _ in plan.partial
+        ]
+        parameters["pd0"], parameters["pd1"] = plan.partial[0][0][0], plan.partial[-1][0][0]
     if plan.live:
         hours = await business_hours(store, flt.tenant_id)
         live, p = _live_sql(key, kinds, hours, plan.live)
