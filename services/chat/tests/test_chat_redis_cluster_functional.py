@@ -255,6 +255,55 @@ async def test_a_node_that_stops_answering_is_found_by_ping(
         await client.aclose()
 
 
+async def test_a_hung_node_does_not_hold_the_joins_of_the_pod(
+    cluster: RedisClusterProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A subscribe that waited for the hung node would overrun the bound below;
+    # the repairs' PING probes stay short.
+    monkeypatch.setattr(sharded_pubsub, "SUBSCRIBE_TIMEOUT", 3.0)
+    monkeypatch.setattr(sharded_pubsub, "PING_TIMEOUT", 0.3)
+    client = await connect_redis_cluster(cluster.url)
+    pod = ClusterHub(client, ping_interval=60)
+    await pod.start()
+    try:
+        # Not the first node: the fixture and the client's slot map ask that one.
+        hung = cluster.nodes[1]
+        first: list[str] = []
+        second: list[str] = []
+        while not (first and second):
+            channel = conversation_channel(uuid.uuid4())
+            if (await cluster.owner(channel)).port == hung.port:
+                (second if first else first).append(channel)
+        elsewhere = [c for p, c in (await _channel_per_node(cluster)).items() if p != hung.port]
+        boxes = {c: Inbox() for c in [*first, *second, *elsewhere]}
+        await cluster.pause(hung, 8_000)  # connections open, nothing answered
+        await pod.join(first[0], boxes[first[0]])  # waits for it this once
+        assert [n for n in pod.subscriber.unhealthy if n.endswith(f":{hung.port}")]
+        # Another channel of the hung node, and channels elsewhere: none waits.
+        async with asyncio.timeout(1.5):
+            await pod.join(second[0], boxes[second[0]])
+            for channel in elsewhere:
+                await pod.join(channel, boxes[channel])
+        assert {first[0], second[0]} <= pod.subscriber.lost
+        for channel in elsewhere:
+            await pod.publish(channel, "live")
+        await until(
+            lambda: all(boxes[c].data() == ["live"] for c in elsewhere),
+            "frames on the healthy nodes while one hangs",
+        )
+        # Once the pause ends, both channels are placed and their sockets resync.
+        await until(
+            lambda: boxes[first[0]].resyncs() == 1 and boxes[second[0]].resyncs() == 1,
+            "resync once the node answers again",
+        )
+        assert not pod.subscriber.unhealthy
+        await pod.publish(second[0], "back")
+        await until(lambda: boxes[second[0]].data() == ["back"], "frame from the node that hung")
+    finally:
+        await pod.stop()
+        await client.aclose()
+
+
 async def test_command_batcher_pipelines_span_the_nodes_in_order(
     cluster: RedisClusterProcesses,
 ) -> None:

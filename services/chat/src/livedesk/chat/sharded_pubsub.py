@@ -23,6 +23,12 @@ that stops answering without being closed (a vanished host sends no RST) is
 found by a PING every ``ping_interval`` s that must be answered within
 ``PING_TIMEOUT`` s.
 
+A node that failed is *unhealthy* until it answers a PING again: joins of
+its channels do not wait for it (they are placed, with a resync, once it
+answers), and the repairs probe it outside the lock. Otherwise one hung
+master would hold every join of the pod, whatever node its channel is on,
+for a connect or subscribe timeout at each attempt.
+
 The connections speak RESP2 whatever the cluster client speaks: there,
 everything a subscribed connection receives is an array in arrival order,
 replies to our commands in the order sent, so an error reply belongs to the
@@ -130,6 +136,7 @@ class ShardedSubscriber:
         self._links: dict[str, _Link] = {}
         self._where: dict[str, _Link] = {}  # channel -> the link it is subscribed on
         self._lost: set[str] = set()  # wanted, subscribed nowhere yet
+        self._unhealthy: set[str] = set()  # node names that failed and have not answered since
         self._lock = asyncio.Lock()
         self._repair_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,6 +147,11 @@ class ShardedSubscriber:
     def nodes(self) -> dict[str, set[str]]:
         """Node name (host:port) -> the channels subscribed there."""
         return {name: set(link.channels) for name, link in self._links.items()}
+
+    @property
+    def unhealthy(self) -> frozenset[str]:
+        """Nodes that failed and have not answered a PING since."""
+        return frozenset(self._unhealthy)
 
     @property
     def lost(self) -> frozenset[str]:
@@ -203,7 +215,7 @@ class ShardedSubscriber:
             except (RedisError, RedisClusterException) as exc:  # SlotNotCoveredError
                 log.warning("sharded_pubsub_slot_uncovered", channel=channel, error=repr(exc))
                 continue
-            if node is not None:
+            if node is not None and node.name not in self._unhealthy:
                 by_node.setdefault(node.name, (node, []))[1].append(channel)
         placed: set[str] = set()
         for node, node_channels in by_node.values():
@@ -224,6 +236,7 @@ class ShardedSubscriber:
                 answers = await asyncio.gather(*futures, return_exceptions=True)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("sharded_pubsub_node_unreachable", node=node.name, error=repr(exc))
+            self._unhealthy.add(node.name)
             if link is not None:
                 self._link_failed(link, exc)
             self._lost.update(channels)
@@ -282,6 +295,7 @@ class ShardedSubscriber:
 
     def _link_failed(self, link: _Link, exc: BaseException) -> None:
         if self._links.get(link.name) is link:
+            self._unhealthy.add(link.name)
             log.warning(
                 "sharded_pubsub_connection_lost",
                 node=link.name,
@@ -333,6 +347,7 @@ class ShardedSubscriber:
             await self._cluster.nodes_manager.initialize()
         except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("sharded_pubsub_slot_map_unavailable", error=repr(exc))
+        await self._probe_unhealthy()
         async with self._lock:
             self._move_misplaced()
             placed = await self._place(sorted(self._lost))
@@ -343,6 +358,23 @@ class ShardedSubscriber:
             self.repairs += 1
             log.info("sharded_pubsub_resubscribed", channels=len(placed))
             self._on_resubscribed(sorted(placed))
+
+    async def _probe_unhealthy(self) -> None:
+        """Forget the failures of the nodes that answer a PING now (no lock held)."""
+        nodes: dict[str, ClusterNode] = {}
+        for channel in list(self._lost):
+            try:
+                node = self._cluster.get_node_from_key(channel)
+            except (RedisError, RedisClusterException):  # SlotNotCoveredError
+                continue
+            if node is not None and node.name in self._unhealthy:
+                nodes[node.name] = node
+        # A node that owns none of the lost channels (any more) needs no probe.
+        self._unhealthy &= set(nodes)
+        answers = await asyncio.gather(*(_answers_ping(n) for n in nodes.values()))
+        for name, answered in zip(nodes, answers, strict=True):
+            if answered:
+                self._unhealthy.discard(name)
 
     def _move_misplaced(self) -> None:
         """Channels whose slot has another owner now (seen in the fresh map) count as lost."""
@@ -365,6 +397,24 @@ class ShardedSubscriber:
                         await futures[0]
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._link_failed(link, exc)  # its channels are placed again, resynced
+
+
+async def _answers_ping(node: ClusterNode) -> bool:
+    """Whether ``node`` answers a PING within ``PING_TIMEOUT`` on a connection of its own."""
+    connection: Connection = node.connection_class(
+        **{**node.connection_kwargs, "protocol": 2, "decode_responses": False}
+    )
+    try:
+        async with asyncio.timeout(PING_TIMEOUT):
+            await connection.connect()  # type: ignore[no-untyped-call]
+            await connection.send_command("PING")
+            await connection.read_response()
+    except (RedisError, OSError, TimeoutError):
+        return False
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await connection.disconnect()
+    return True
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
