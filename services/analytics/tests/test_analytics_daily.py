@@ -4,6 +4,8 @@ Each test computes the reports live first (no day pre-aggregated yet), then
 refreshes and checks that the range's days are now read pre-aggregated and
 that every number is the same; and that whatever changes a day after it was
 pre-aggregated (a late event, business hours, an erasure) is counted at once.
+A business-hours change leaves the days pre-aggregated: only the changed inbox's
+business seconds are derived again, from the stored items.
 """
 
 from __future__ import annotations
@@ -297,17 +299,22 @@ async def test_a_changed_day_reads_its_unchanged_hours_pre_aggregated(
     assert await _reports(migrated, RANGES[9]) == await _live_reports(
         migrated, RANGES[9], monkeypatch
     )
-    # Business hours (and erasures) change every hour of the day: nothing read from it.
+    # Erasures change every hour of their days: nothing read from them.
     await daily.mark_tenant_dirty(migrated, TENANT)
     plan = await reports.day_plan(migrated, RANGES[0])
     assert (plan.clean, plan.hours, plan.partial, plan.fresh) == ((), (), (), ())
 
 
-async def test_changed_business_hours_apply_to_pre_aggregated_days(
-    migrated: Store, history: list[Envelope], ingest_events: Ingest
-) -> None:
-    await _setup(migrated, ingest_events, history)
-    await daily.refresh(migrated)
+EMAIL_HOURS = (
+    "email",
+    "America/New_York",
+    [9 * 3600, 86400 + 9 * 3600],  # Monday and Tuesday 09:00-17:00 New York
+    [17 * 3600, 86400 + 17 * 3600],
+)
+
+
+async def _set_hours(store: Store, inbox: str, windows: list[dict[str, Any]] | None) -> None:
+    """PUT (or, without ``windows``, DELETE) an inbox's business hours through the API."""
     auth = AuthSettings(livedesk_env="test")
     admin = load_issuer(auth).issue(
         subject="u1",
@@ -316,22 +323,141 @@ async def test_changed_business_hours_apply_to_pre_aggregated_days(
         token_type="access",
         ttl=dt.timedelta(minutes=5),
     )
-    app = create_app(migrated, HealthChecks(), load_verifier(auth))
-    body = {"time_zone": "UTC", "windows": [{"weekday": 1, "start": "09:00", "end": "10:00"}]}
+    app = create_app(store, HealthChecks(), load_verifier(auth))
+    url = f"/api/v1/reports/settings/business-hours/{inbox}"
+    headers = {"Authorization": f"Bearer {admin}"}
     async with TestClient(TestServer(app)) as client:
-        resp = await client.put(
-            "/api/v1/reports/settings/business-hours/web",
-            json=body,
-            headers={"Authorization": f"Bearer {admin}"},
-        )
-        assert resp.status == 200
-    assert await _clean_days(migrated, RANGES[0]) == []
-    changed = await _all(migrated)
-    # waits 120 (c1, 09:00-09:02), 600 (c1 reopened at 10:00: none inside), 60 (c2: none).
-    assert changed[0]["overview"]["wait_time"]["business_hours"]["avg"] == 40.0
+        if windows is None:
+            resp = await client.delete(url, headers=headers)
+            assert resp.status == 204
+        else:
+            body = {"time_zone": "UTC", "windows": windows}
+            resp = await client.put(url, json=body, headers=headers)
+            assert resp.status == 200
+
+
+async def _same_as_live(
+    store: Store, monkeypatch: pytest.MonkeyPatch, ranges: list[ReportFilter] = RANGES
+) -> list[dict[str, Any]]:
+    """Every report of ``ranges``, checked equal to the fully live computation."""
+    result = []
+    for flt in ranges:
+        got = await _reports(store, flt)
+        assert got == await _live_reports(store, flt, monkeypatch), flt
+        result.append(got)
+    return result
+
+
+def _by_inbox(report: dict[str, Any]) -> dict[str, Any]:
+    return {row["inbox_id"]: row for row in report["inboxes"]}
+
+
+async def test_changed_business_hours_apply_to_pre_aggregated_days(
+    migrated: Store,
+    history: list[Envelope],
+    builder: Any,
+    ingest_events: Ingest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two inboxes with business hours and values on two days; only web's hours change.
+    more = builder()
+    more.created("e1", "13:10", "email", team="support")
+    more.message("e1", "13:11", "v4", "hello?")
+    more.assigned("e1", "13:20", "a1")
+    more.message("e1", "13:25", "a1", "hi")
+    more.resolved("e1", "14:00", "a1")
+    more.created("w1", "32:40", "web")  # Tuesday 08:40
+    more.message("w1", "32:41", "v5", "anyone?")
+    more.assigned("w1", "33:10", "a2")
+    more.message("w1", "33:20", "a2", "here")
+    more.resolved("w1", "34:00", "a2")
+    more.created("e2", "37:00", "email")  # Tuesday 13:00
+    more.assigned("e2", "37:30", "a1")
+    more.message("e2", "37:31", "a1", "hello")
+    more.resolved("e2", "38:00", "a1")
+    await _setup(migrated, ingest_events, history + more.events)
+    await _hours(migrated, EMAIL_HOURS)
     await daily.refresh(migrated)
-    assert await _clean_days(migrated, RANGES[0]) == [MONDAY.date()]
-    assert await _all(migrated) == changed
+    two_days = RANGES[2]  # Sunday to Tuesday
+    before = await _all(migrated)
+    await _set_hours(
+        migrated,
+        "web",
+        [
+            {"weekday": 1, "start": "09:00", "end": "10:00"},
+            {"weekday": 2, "start": "09:00", "end": "09:30"},
+        ],
+    )
+    # Right after the change (before any refresh): every day is still read
+    # pre-aggregated, web's business seconds are derived again from the items.
+    plan = await reports.day_plan(migrated, two_days)
+    assert [d for d, _, _ in plan.clean] == [MONDAY.date(), (MONDAY + DAY).date()]
+    assert plan.live == ((reports._ms(MONDAY - DAY), reports._ms(MONDAY)),)  # no data on Sunday
+    assert [inbox for inbox, _ in plan.changed_inboxes()] == ["web"]
+    assert plan.changed_inboxes("email") == ()
+    assert await daily.write_hours_fix(migrated, TENANT) == 0  # the PUT wrote it, once
+    changed = await _same_as_live(migrated, monkeypatch)  # from report_hours_fix
+    with monkeypatch.context() as patch:  # before (or without) it: from the items
+
+        async def nothing_fixed(store: Store, tenant_id: str, version: int) -> dict[Any, int]:
+            return {}
+
+        patch.setattr(reports, "fixed", nothing_fixed)
+        assert await _same_as_live(migrated, monkeypatch) == changed
+    web, email = _by_inbox(changed[0])["web"], _by_inbox(changed[0])["email"]
+    # waits 120 (c1, 09:00-09:02), 600 (c1 reopened at 10:00: none inside), 60 (c2: none).
+    assert web["wait_time"]["business_hours"]["avg"] == 40.0
+    assert _by_inbox(before[0])["web"]["wait_time"]["business_hours"]["avg"] != 40.0
+    assert email == _by_inbox(before[0])["email"]  # its hours did not change
+    assert email["wait_time"]["business_hours"]["count"] == 1
+    assert changed[0]["overview"] != before[0]["overview"]
+    # Ignoring the change would give the old business seconds.
+    with monkeypatch.context() as patch:
+
+        def no_changes(plan: reports.DayPlan, inbox_id: str = "") -> tuple[tuple[str, int], ...]:
+            return ()
+
+        patch.setattr(reports.DayPlan, "changed_inboxes", no_changes)
+        assert await _reports(migrated, RANGES[0]) == before[0] != changed[0]
+    # The refresher has re-computed one day (Tuesday, newest first) but not Monday yet.
+    with monkeypatch.context() as patch:
+        patch.setattr(daily, "HOURS_STALE_DAYS", 1)
+        assert await daily.refresh(migrated) == 1
+    plan = await reports.day_plan(migrated, two_days)
+    monday, tuesday = plan.clean
+    changes = dict(plan.changed_inboxes())
+    assert monday[2] <= changes["web"] < tuesday[2]
+    assert await _same_as_live(migrated, monkeypatch) == changed
+    # Removing email's hours: its durations leave the business-hours figures.
+    await _set_hours(migrated, "email", None)
+    plan = await reports.day_plan(migrated, two_days)
+    assert [inbox for inbox, _ in plan.changed_inboxes()] == ["email", "web"]
+    removed = await _same_as_live(migrated, monkeypatch)
+    assert _by_inbox(removed[2])["email"]["wait_time"]["business_hours"]["count"] == 0
+    assert (
+        _by_inbox(removed[2])["web"]
+        == _by_inbox((await _same_as_live(migrated, monkeypatch, [two_days]))[0])["web"]
+    )
+    # The business seconds written for web's change alone are deleted (email's
+    # change replaced them), those of computations replaced by a refresh too.
+    monkeypatch.setattr(daily, "KEEP_OLD", 0.0)
+
+    async def fix_versions() -> list[int]:
+        rows = await migrated.query("SELECT DISTINCT version FROM report_hours_fix ORDER BY 1")
+        return [int(v) for (v,) in rows]
+
+    assert len(await fix_versions()) == 2
+    await daily.delete_replaced(migrated, [TENANT])
+    assert await fix_versions() == [max(at for _, at in plan.changes)]
+    assert await _all(migrated) == removed
+    # Once the refresher caught up, nothing is derived again and nothing changes.
+    assert await daily.refresh(migrated) == 2
+    plan = await reports.day_plan(migrated, two_days)
+    assert (len(plan.clean), plan.changed_inboxes()) == (2, ())
+    assert await _all(migrated) == removed
+    assert await daily.refresh(migrated) == 0
+    await daily.delete_replaced(migrated, [TENANT])
+    assert await fix_versions() == []
 
 
 async def test_an_erased_conversation_leaves_the_pre_aggregates_at_once(

@@ -432,7 +432,9 @@ async def put_business_hours(request: web.Request) -> web.StreamResponse:
     body = await _json_body(request)
     zone = _zone(body)
     windows = parse_windows(body.get("windows"))
-    await request.app[CONFIG_KEY].store.insert(
+    store = request.app[CONFIG_KEY].store
+    await daily.mark_hours_changed(store, claims.tenant_id, inbox)
+    await store.insert(
         "inbox_business_hours",
         [
             (
@@ -447,8 +449,9 @@ async def put_business_hours(request: web.Request) -> web.StreamResponse:
         ],
         ("tenant_id", "inbox_id", "time_zone", "starts", "ends", "enabled", "version"),
     )
-    # Pre-aggregated days hold business seconds of the old hours: live until re-computed.
-    await daily.mark_tenant_dirty(request.app[CONFIG_KEY].store, claims.tenant_id)
+    # Pre-aggregates hold the inbox's business seconds under the old hours (daily.py).
+    await daily.mark_hours_changed(store, claims.tenant_id, inbox)
+    await _write_hours_fix(store, claims.tenant_id)
     return _json(_hours_body(reports.BusinessHours(inbox, zone, tuple(windows))))
 
 
@@ -457,13 +460,24 @@ async def delete_business_hours(request: web.Request) -> web.StreamResponse:
     """DELETE /api/v1/reports/settings/business-hours/{inbox_id} (admin)."""
     claims = _claims(request, "admin")
     inbox = _inbox(request)
-    await request.app[CONFIG_KEY].store.insert(
+    store = request.app[CONFIG_KEY].store
+    await daily.mark_hours_changed(store, claims.tenant_id, inbox)
+    await store.insert(
         "inbox_business_hours",
         [(claims.tenant_id, inbox, "UTC", [], [], 0, time.time_ns())],
         ("tenant_id", "inbox_id", "time_zone", "starts", "ends", "enabled", "version"),
     )
-    await daily.mark_tenant_dirty(request.app[CONFIG_KEY].store, claims.tenant_id)
+    await daily.mark_hours_changed(store, claims.tenant_id, inbox)
+    await _write_hours_fix(store, claims.tenant_id)
     return web.Response(status=204)
+
+
+async def _write_hours_fix(store: Store, tenant_id: str) -> None:
+    """The new business seconds of the pre-aggregates, at once (reports are exact without)."""
+    try:
+        await daily.write_hours_fix(store, tenant_id)
+    except Exception as exc:  # reports derive them from the items meanwhile
+        log.warning("report_hours_fix_failed", tenant_id=tenant_id, error=repr(exc))
 
 
 async def get_openapi(_: web.Request) -> web.Response:

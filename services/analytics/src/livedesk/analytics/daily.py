@@ -8,10 +8,14 @@ day (``report_daily``, from the hours), with the same id.
 Every summary the ingester (re-)computes marks the days its items fall on
 dirty in ``report_days``, and their hours in ``report_hours`` (materialized
 views, in the same INSERT: nothing is added to the ingester's own work).
-Erasure and business-hours changes mark days, and all their hours, dirty too
-(:func:`drop_days`, :func:`mark_tenant_dirty`). The refresher re-computes
-whole days; reports also read the hours of a dirty day that did not change
-since its last computation (``reports.py``).
+Erasures mark days, and all their hours, dirty too (:func:`drop_days`).
+A business-hours change marks only its inbox (:func:`mark_hours_changed`):
+reports keep reading the days, with that inbox's business seconds under the
+new hours written once (:func:`write_hours_fix`) or derived from the stored
+items, and the refresher re-computes those days a few per round
+(:data:`HOURS_STALE_DAYS`). The refresher re-computes whole days; reports also
+read the hours of a dirty day that did not change since its last computation
+(``reports.py``).
 :class:`DailyRefresher` re-computes the dirty days in the background, one day
 per statement, so a refresh never holds the store for long: each computation
 gets an id (``computed_at``, the store's clock when it started, minus a margin
@@ -29,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import time
+import weakref
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -38,7 +44,14 @@ from livedesk.analytics.metrics import (
     REPORT_DAYS_STALE,
     REPORT_REFRESH_SECONDS,
 )
-from livedesk.analytics.reports import DURATION_KINDS, business_hours, items_sql
+from livedesk.analytics.reports import (
+    DURATION_KINDS,
+    business_hours,
+    fixed,
+    hours_changes,
+    hours_fix_sql,
+    items_sql,
+)
 from livedesk.analytics.schema import render
 from livedesk.platform.logging import get_logger
 from livedesk.platform.tasks import cancel_and_wait
@@ -57,8 +70,10 @@ __all__ = [
     "delete_replaced",
     "drop_days",
     "mark_days",
+    "mark_hours_changed",
     "mark_tenant_dirty",
     "refresh",
+    "write_hours_fix",
 ]
 
 log = get_logger("livedesk.analytics.daily")
@@ -81,12 +96,32 @@ by another replica just before may not be visible yet (its day stays dirty)."""
 _DAY_MS = 86_400_000
 
 # Newest days first: reports mostly ask for recent ranges, and after a change of
-# every day (business hours, an upgrade) the last 30 days are pre-aggregated
-# again in half the round instead of at its end.
+# every day (an upgrade) the last 30 days are pre-aggregated again in half the
+# round instead of at its end.
 _DIRTY = """
 SELECT tenant_id, day FROM report_days
 GROUP BY tenant_id, day HAVING max(dirtied_at) >= max(computed_at)
 ORDER BY tenant_id, day DESC"""
+
+# Clean days computed at or before their tenant's last business-hours change:
+# exact meanwhile (report_hours_fix, or the items), re-computed a few per round.
+_HOURS_STALE = """
+SELECT d.tenant_id, d.day FROM (
+    SELECT tenant_id, day, max(dirtied_at) AS dirtied, max(computed_at) AS computed
+    FROM report_days GROUP BY tenant_id, day) AS d
+INNER JOIN (
+    SELECT tenant_id, max(changed_at) AS changed FROM report_hours_changes
+    GROUP BY tenant_id) AS h ON h.tenant_id = d.tenant_id
+WHERE d.dirtied < d.computed AND d.computed <= h.changed
+ORDER BY d.tenant_id, d.day DESC"""
+
+HOURS_STALE_DAYS = 2
+"""Days computed before a business-hours change that a refresh round re-computes.
+
+Reports read them exactly meanwhile (the change's business seconds are written
+once, :func:`write_hours_fix`); each day re-computed holds chDB's only statement
+slot ≈ 0.3 s at 17k conversations a day, and reports wait behind it, so they are
+re-computed slowly rather than all at once (61 days: 31 rounds, ≈ 15 minutes)."""
 
 _NOW = "SELECT toUInt64(toUnixTimestamp64Micro(now64(6)))"
 
@@ -147,8 +182,20 @@ _DELETE_OLD = (
     "(SELECT arrayJoin({old:Array(Tuple(String, Date, UInt64))}))"
 )
 
-_TABLES = ("report_daily", "report_hourly")
-"""Where a computation's rows are (a day's, and its hours')."""
+# Per tenant: the latest version of report_hours_fix, and how many rows older ones have.
+_LATEST_FIX = """
+SELECT tenant_id, max(version), countIf(version < newest) FROM (
+    SELECT tenant_id, version, max(version) OVER (PARTITION BY tenant_id) AS newest
+    FROM report_hours_fix WHERE tenant_id IN {tenants:Array(String)})
+GROUP BY tenant_id"""
+
+_DELETE_OLD_FIX = (
+    "DELETE FROM report_hours_fix{local} {on_cluster} WHERE tenant_id IN {tenants:Array(String)}"
+    " AND (tenant_id, version) NOT IN (SELECT arrayJoin({latest:Array(Tuple(String, UInt64))}))"
+)
+
+_TABLES = ("report_daily", "report_hourly", "report_hours_fix")
+"""Where a computation's rows are (a day's, its hours', business seconds written again)."""
 
 _MARK_TENANT = """
 INSERT INTO report_days (tenant_id, day, dirtied_at, computed_at)
@@ -185,8 +232,88 @@ _DELETE_DAYS = (
 )
 
 
+_MARK_HOURS_CHANGED = """
+INSERT INTO report_hours_changes (tenant_id, inbox_id, changed_at)
+VALUES ({tenant:String}, {inbox:String}, toUInt64(toUnixTimestamp64Micro(now64(6))))"""
+
+
+async def mark_hours_changed(store: Store, tenant_id: str, inbox_id: str) -> None:
+    """Record that ``inbox_id``'s business hours changed (call before and after writing them).
+
+    Every computation made until then holds that inbox's business seconds under
+    the old hours: reports take them from :func:`write_hours_fix` or the items,
+    and the refresher re-computes the tenant's days. Marking before the write too means a report
+    that reads the hours while they change already treats the inbox as changed,
+    whichever hours it reads (the mark after it makes the report run again).
+    """
+    await store.command(_MARK_HOURS_CHANGED, {"tenant": tenant_id, "inbox": inbox_id})
+
+
+_COMPUTATIONS_BEFORE = """
+SELECT day, max(computed_at) AS c FROM report_days WHERE tenant_id = {tenant:String}
+GROUP BY day HAVING c > 0 AND c <= {version:UInt64} ORDER BY day"""
+
+_WRITE_FIX = """
+INSERT INTO report_hours_fix (tenant_id, version, writer, day, computed_at, hour, kind, inbox_id,
+                              team_id, agents, agent, bh_n, bh_total, bh_vals, items)
+SELECT tenant_id, {version:UInt64}, {writer:UInt64}, day, computed_at, hour, kind, inbox_id,
+       team_id, agents, agent, length(bv), arraySum(bv), bv, bitems
+FROM ({rows})"""
+
+# Each whole day's rows too (hour 24), from its hours: what reports read for whole days.
+_WRITE_FIX_DAYS = """
+INSERT INTO report_hours_fix (tenant_id, version, writer, day, computed_at, hour, kind, inbox_id,
+                              team_id, agents, agent, bh_n, bh_total, bh_vals, items)
+SELECT tenant_id, version, writer, day, computed_at, 24, kind, inbox_id, team_id, agents, agent,
+       sum(bh_n), sum(bh_total), groupArrayArray(bh_vals), []
+FROM report_hours_fix
+WHERE tenant_id = {tenant:String} AND version = {version:UInt64} AND writer = {writer:UInt64}
+  AND hour < 24
+  AND (day, computed_at) IN (SELECT arrayJoin({covered:Array(Tuple(Date, UInt64))}))
+GROUP BY tenant_id, version, writer, day, computed_at, kind, inbox_id, team_id, agents, agent"""
+
+_FIX_LOCKS: weakref.WeakKeyDictionary[Store, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+_WRITE_FIXED = """
+INSERT INTO report_hours_fixed (tenant_id, version, writer, covered)
+VALUES ({tenant:String}, {version:UInt64}, {writer:UInt64}, {covered:Array(Tuple(Date, UInt64))})"""
+
+
+async def write_hours_fix(store: Store, tenant_id: str) -> int:
+    """Write the changed inboxes' business seconds of the tenant's current computations.
+
+    After a business-hours change (:func:`mark_hours_changed`), two statements
+    for all days: until the refresher has re-computed them, reports read these
+    instead of deriving the values from the items in every call. Written for the
+    tenant's latest change (marks read before the hours: a change after that
+    makes them unused), for the computations not covered yet (the refresher
+    calls it every round: a computation written after the last call); returns
+    how many it covered. Serialized in the process (replicas: see ``writer``).
+    """
+    async with _FIX_LOCKS.setdefault(store, asyncio.Lock()):
+        changes = await hours_changes(store, tenant_id)
+        if not changes:
+            return 0
+        version = max(at for _, at in changes)
+        hours = await business_hours(store, tenant_id)
+        rows = await store.query(_COMPUTATIONS_BEFORE, {"tenant": tenant_id, "version": version})
+        done = await fixed(store, tenant_id, version)
+        todo = [(day, int(c)) for day, c in rows if (day, int(c)) not in done]
+        if not todo:
+            return 0
+        sql, parameters = hours_fix_sql(hours, changes)
+        # Rows are read by (computation, writer): another replica's write of the same
+        # computations at the same time is never added to this one.
+        writer = secrets.randbits(63)
+        given = {"tenant": tenant_id, "version": version, "writer": writer, "covered": todo}
+        await store.command(_WRITE_FIX.replace("{rows}", sql), {**parameters, **given})
+        await store.command(_WRITE_FIX_DAYS, given)
+        await store.command(_WRITE_FIXED, given)
+        return len(todo)
+
+
 async def mark_tenant_dirty(store: Store, tenant_id: str) -> None:
-    """Make every pre-aggregated day of ``tenant_id`` live until re-computed (business hours)."""
+    """Make every pre-aggregated day of ``tenant_id`` (every hour) live until re-computed."""
     await store.command(_MARK_TENANT_HOURS, {"tenant": tenant_id})
     await store.command(_MARK_TENANT, {"tenant": tenant_id})
 
@@ -238,6 +365,10 @@ async def refresh(
     :func:`delete_replaced` and the tenants refreshed are added to ``refreshed``.
     """
     rows = await store.query(_DIRTY)
+    stale = await store.query(_HOURS_STALE)
+    for tenant_id in sorted({str(t) for t, _ in stale}):
+        await write_hours_fix(store, tenant_id)
+    rows = [*rows, *stale[:HOURS_STALE_DAYS]]
     by_tenant: dict[str, list[dt.date]] = defaultdict(list)
     for tenant_id, day in rows:
         by_tenant[str(tenant_id)].append(day)
@@ -271,7 +402,11 @@ async def refresh(
 
 
 async def delete_replaced(store: Store, tenants: list[str], cluster: str | None = None) -> None:
-    """Delete the computations of ``tenants`` replaced more than :data:`KEEP_OLD` s ago."""
+    """Delete the computations of ``tenants`` replaced more than :data:`KEEP_OLD` s ago.
+
+    And the business seconds written for a business-hours change that a later
+    change replaced (reports only read those of the latest).
+    """
     now = int((await store.query(_NOW))[0][0])
     old = await store.query(_OLD, {"tenants": tenants, "before": now - int(KEEP_OLD * 1e6)})
     if old:
@@ -279,6 +414,13 @@ async def delete_replaced(store: Store, tenants: list[str], cluster: str | None 
             statement = render(_DELETE_OLD.replace("{table}", table), cluster)
             assert statement is not None
             await store.command(statement, {"old": [(str(t), d, int(c)) for t, d, c in old]})
+    latest = await store.query(_LATEST_FIX, {"tenants": tenants})
+    if latest and any(int(n) for _, _, n in latest):
+        statement = render(_DELETE_OLD_FIX, cluster)
+        assert statement is not None
+        await store.command(
+            statement, {"tenants": tenants, "latest": [(str(t), int(v)) for t, v, _ in latest]}
+        )
 
 
 class DailyRefresher:

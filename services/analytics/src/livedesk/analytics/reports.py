@@ -25,14 +25,19 @@ computes the rest (the changed hours: in a live system, the current one)
 live from the summaries, in the same query.
 Both give the same items, so the numbers are those of a fully live
 computation. Business seconds of the live part are computed at query time;
-those of the pre-aggregates with the hours current when they were computed,
-and a change of business hours makes every day of the tenant live again until
-it is re-computed, so a change applies to past reports at once.
+those of the pre-aggregates with the hours current when they were computed.
+A change of an inbox's business hours (``report_hours_changes``) leaves the
+days pre-aggregated: until they are re-computed, the business seconds of that
+inbox's rows computed before the change are derived again from the rows'
+items under the current hours (every other value of those rows, and every
+other inbox's rows, does not depend on the hours), so a change applies to
+past reports at once.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 import itertools
 import math
@@ -55,7 +60,10 @@ __all__ = [
     "ReportFilter",
     "breakdown",
     "business_hours",
+    "fixed",
     "heatmap",
+    "hours_changes",
+    "hours_fix_sql",
     "live",
     "overview",
     "tenant_time_zone",
@@ -344,6 +352,24 @@ class DayPlan:
     fresh: tuple[Stamp, ...] = ()
     """Days changed since their last computation whose hours that did not change since
     (``report_hours``) are read from it (in ``hours`` / ``partial``)."""
+    changes: tuple[tuple[str, int], ...] = ()
+    """(inbox, when its business hours last changed) of every inbox of the tenant whose hours
+    ever changed (``report_hours_changes``)."""
+
+    def changed_inboxes(self, inbox_id: str = "") -> tuple[tuple[str, int], ...]:
+        """The ``changes`` that postdate a computation the plan reads (of ``inbox_id`` if set).
+
+        The rows of such an inbox computed at or before its change hold business
+        seconds under its old hours; every other value of them is still right.
+        """
+        used = [s[2] for s in (*self.clean, *(s for s, _, _ in self.hours))]
+        used.extend(s[2] for s, _, _ in self.partial)
+        oldest = min(used, default=None)
+        return tuple(
+            (inbox, at)
+            for inbox, at in self.changes
+            if oldest is not None and oldest <= at and inbox_id in ("", inbox)
+        )
 
     def stamps(self) -> list[Stamp]:
         """Every clean pre-aggregated day the plan reads, in order."""
@@ -376,18 +402,12 @@ async def day_plan(store: Store, flt: ReportFilter) -> DayPlan:
     start, end = _ms(flt.start), _ms(flt.end)
     if start >= end:
         return _plan(flt, ())
-    rows = await store.query(
-        """
-SELECT day, max(dirtied_at) AS d, max(computed_at) AS c FROM report_days
-WHERE tenant_id = {tenant:String} AND day >= {d0:Date} AND day <= {d1:Date}
-GROUP BY day HAVING c > 0 ORDER BY day""",
-        {
-            "tenant": flt.tenant_id,
-            "d0": _date(start // _DAY_MS),
-            "d1": _date((end - 1) // _DAY_MS),
-        },
+    stamps, changes = await _stamps(
+        store,
+        flt.tenant_id,
+        "day >= {d0:Date} AND day <= {d1:Date}",
+        {"d0": _date(start // _DAY_MS), "d1": _date((end - 1) // _DAY_MS)},
     )
-    stamps = [(day, int(d), int(c)) for day, d, c in rows]
     clean = [s for s in stamps if s[2] > s[1]]
     dirty = [s for s in stamps if s[2] <= s[1]]
     fresh: list[tuple[Stamp, frozenset[int]]] = []
@@ -397,7 +417,49 @@ GROUP BY day HAVING c > 0 ORDER BY day""",
             usable = frozenset(h for h in range(24) if marks.get((stamp[0], h), 0) < stamp[2])
             if usable:
                 fresh.append((stamp, usable))
-    return _plan(flt, clean, hourly=True, fresh=fresh)
+    return dataclasses.replace(_plan(flt, clean, hourly=True, fresh=fresh), changes=changes)
+
+
+async def _stamps(
+    store: Store, tenant_id: str, days: str, parameters: dict[str, Any]
+) -> tuple[list[Stamp], tuple[tuple[str, int], ...]]:
+    """The computed ``days`` (SQL condition) and :func:`hours_changes`, in one query."""
+    rows = await store.query(
+        f"""
+SELECT day, max(dirtied_at) AS d, max(computed_at) AS c, '' FROM report_days
+WHERE tenant_id = {{tenant:String}} AND {days}
+GROUP BY day HAVING c > 0
+UNION ALL
+SELECT toDate(0), max(changed_at), toUInt64(0), inbox_id FROM report_hours_changes
+WHERE tenant_id = {{tenant:String}} GROUP BY inbox_id""",
+        {**parameters, "tenant": tenant_id},
+    )
+    stamps = sorted((day, int(d), int(c)) for day, d, c, inbox in rows if not inbox)
+    changes = tuple(sorted((str(inbox), int(d)) for _, d, _, inbox in rows if inbox))
+    return stamps, changes
+
+
+async def fixed(store: Store, tenant_id: str, version: int) -> dict[tuple[dt.date, int], int]:
+    """Per computation whose changed business seconds were written for ``version``: the
+    write to read (the first recorded, should two replicas have written it)."""
+    rows = await store.query(
+        """
+SELECT c, min(writer) FROM report_hours_fixed ARRAY JOIN covered AS c
+WHERE tenant_id = {tenant:String} AND version = {version:UInt64} GROUP BY c""",
+        {"tenant": tenant_id, "version": version},
+    )
+    return {(c[0], int(c[1])): int(w) for c, w in rows}
+
+
+async def hours_changes(store: Store, tenant_id: str) -> tuple[tuple[str, int], ...]:
+    """(inbox, when its business hours last changed) of the tenant's inboxes, in order."""
+    rows = await store.query(
+        """
+SELECT inbox_id, max(changed_at) FROM report_hours_changes
+WHERE tenant_id = {tenant:String} GROUP BY inbox_id ORDER BY inbox_id""",
+        {"tenant": tenant_id},
+    )
+    return tuple((str(inbox), int(at)) for inbox, at in rows)
 
 
 async def _hour_marks(
@@ -487,18 +549,18 @@ async def _plan_still_holds(store: Store, flt: ReportFilter, plan: DayPlan) -> b
     Days only ever get dirtier or newly computed (both stamps grow), so
     unchanged stamps now mean they held for the whole report query too:
     its pre-aggregates and its live part saw the same summaries. Hours read
-    from a changed day must still be unchanged since its computation.
+    from a changed day must still be unchanged since its computation, and no
+    inbox's business hours may have changed meanwhile.
     """
     stamps = plan.stamps()
-    if stamps:
-        rows = await store.query(
-            """
-SELECT day, max(dirtied_at), max(computed_at) FROM report_days
-WHERE tenant_id = {tenant:String} AND day IN {days:Array(Date)}
-GROUP BY day ORDER BY day""",
-            {"tenant": flt.tenant_id, "days": [d for d, _, _ in stamps]},
+    if stamps or plan.fresh or plan.changes:
+        now, changes = await _stamps(
+            store,
+            flt.tenant_id,
+            "day IN {days:Array(Date)}",
+            {"days": [d for d, _, _ in stamps]},
         )
-        if [(day, int(d), int(c)) for day, d, c in rows] != stamps:
+        if now != stamps or changes != plan.changes:
             return False
     used = plan.fresh_hours()
     if used:
@@ -519,7 +581,7 @@ _LINKS_OUT = (
 # {key} is replaced by the grouping column.
 _DAILY = (
     """
-    SELECT {key} AS key, kind, n, total, vals, bh_n, bh_total, bh_vals, links
+    SELECT {key} AS key, kind, n, total, vals, {bh}, links
     FROM report_daily
     WHERE tenant_id = {tenant:String} AND day >= {d0:Date} AND day <= {d1:Date}
       AND (day, computed_at) IN (SELECT arrayJoin({gens:Array(Tuple(Date, UInt64))}))
@@ -530,7 +592,7 @@ _DAILY = (
 # The whole hours of a plan's partial days.
 _HOURLY = (
     """
-    SELECT {key} AS key, kind, n, total, vals, bh_n, bh_total, bh_vals, links
+    SELECT {key} AS key, kind, n, total, vals, {bh}, links
     FROM report_hourly
     WHERE tenant_id = {tenant:String} AND day >= {hd0:Date} AND day <= {hd1:Date}
       AND (day, computed_at, hour) IN (SELECT arrayJoin({hgens:Array(Tuple(Date, UInt64, UInt8))}))
@@ -540,24 +602,196 @@ _HOURLY = (
 
 # The partial hours of a plan's first and last days: the hours' items inside the
 # range, aggregated as daily._WRITE_HOURS aggregates all of them ({in_range}: on it.1).
-_PARTIAL = (
+_PARTIAL_ROWS = (
     """
-    SELECT {key} AS key, kind, count() AS n, sum(it.2) AS total,
-           groupArrayIf(it.2, kind IN {durations:Array(String)}) AS vals,
-           countIf(it.3 >= 0) AS bh_n, sumIf(it.3, it.3 >= 0) AS bh_total,
-           groupArrayIf(it.3, it.3 >= 0) AS bh_vals,
-           groupArrayIf(it.4, it.4 != toDateTime64(0, 3, 'UTC')) AS links
     FROM report_hourly ARRAY JOIN items AS it
     WHERE tenant_id = {tenant:String} AND day >= {pd0:Date} AND day <= {pd1:Date}
       AND (day, computed_at, hour) IN (SELECT arrayJoin({pgens:Array(Tuple(Date, UInt64, UInt8))}))
       AND kind IN {kinds:Array(String)}"""
     + _CONV_FILTER
     + """
-      AND {in_range}
+      AND {in_range}"""
+)
+
+_PARTIAL = (
+    """
+    SELECT {key} AS key, kind, count() AS n, sum(it.2) AS total,
+           groupArrayIf(it.2, kind IN {durations:Array(String)}) AS vals,
+           countIf(it.3 >= 0) AS bh_n, sumIf(it.3, it.3 >= 0) AS bh_total,
+           groupArrayIf(it.3, it.3 >= 0) AS bh_vals,
+           groupArrayIf(it.4, it.4 != toDateTime64(0, 3, 'UTC')) AS links"""
+    + _PARTIAL_ROWS
+    + """
     GROUP BY key, kind"""
 )
 
 _NO_VALUES = "CAST([] AS Array(Float64))"
+
+_BH = "bh_n, bh_total, bh_vals"
+
+# Both ends of a duration item ``it``: see _item_business_seconds.
+_ITEM_ENDS = """
+    fromUnixTimestamp64Milli(toUnixTimestamp64Milli(it.1)
+        - if(kind = 'resolution', toInt64(round(it.2 * 1000)), 0), 'UTC') AS s,
+    fromUnixTimestamp64Milli(toUnixTimestamp64Milli(it.1)
+        + if(kind = 'resolution', 0, toInt64(round(it.2 * 1000))), 'UTC') AS e"""
+
+# _PARTIAL where some items' business seconds are derived again: {bh_item} for them.
+_PARTIAL_CHANGED = (
+    """
+    SELECT key, kind, count() AS n, sum(it.2) AS total,
+           groupArrayIf(it.2, kind IN {durations:Array(String)}) AS vals,
+           countIf(b >= 0) AS bh_n, sumIf(b, b >= 0) AS bh_total,
+           groupArrayIf(b, b >= 0) AS bh_vals,
+           groupArrayIf(it.4, it.4 != toDateTime64(0, 3, 'UTC')) AS links
+    FROM (
+        SELECT key, kind, it, {bh_item} AS b
+        FROM (
+            SELECT {key} AS key, kind, inbox_id, computed_at, it, """
+    + _ITEM_ENDS
+    + _PARTIAL_ROWS
+    + """
+        )
+    )
+    GROUP BY key, kind"""
+)
+
+_REDERIVED_ROWS = """
+    SELECT tenant_id, day, computed_at, hour, kind, inbox_id, team_id, agents, agent,
+           {bh_array} AS ball, arrayFilter(x -> x >= 0, ball) AS bv,
+           arrayFilter(x -> x.2 >= 0, if(empty(ball),
+               CAST([] AS Array(Tuple(DateTime64(3, 'UTC'), Float64))),
+               arrayZip(ats, ball))) AS bitems
+    FROM (
+        SELECT tenant_id, day, computed_at, hour, kind, inbox_id, team_id, agents, agent,
+               items.at AS ats,
+               arrayMap((a, v) -> fromUnixTimestamp64Milli(toUnixTimestamp64Milli(a)
+                   - if(kind = 'resolution', toInt64(round(v * 1000)), 0), 'UTC'),
+                   items.at, items.v) AS ss,
+               arrayMap((a, v) -> fromUnixTimestamp64Milli(toUnixTimestamp64Milli(a)
+                   + if(kind = 'resolution', 0, toInt64(round(v * 1000))), 'UTC'),
+                   items.at, items.v) AS es
+        FROM report_hourly
+        WHERE tenant_id = {tenant:String} AND {where}
+    )"""
+"""Per ``report_hourly`` row matching ``{where}``: its duration items' business seconds
+under the current hours (``bv``; see :func:`_item_business_seconds`), arrays per row,
+and with their instants (``bitems``)."""
+
+_ROWS_OF_RANGE = (
+    """day >= {rd0:Date} AND day <= {rd1:Date} AND ({computations})
+          AND kind IN {rkinds:Array(String)} AND {stale}"""
+    + _CONV_FILTER
+)
+
+# The business seconds of the rows of inboxes whose hours changed after the rows were
+# computed ({stale}), from their items under the current hours; every other value of
+# those rows is read from them as usual (their bh_* left out there).
+_REDERIVED = (
+    """
+    SELECT {key} AS key, kind, toUInt64(0) AS n, 0. AS total, """
+    + _NO_VALUES
+    + """ AS vals,
+           toUInt64(length(bv)) AS bh_n, arraySum(bv) AS bh_total, bv AS bh_vals,
+           CAST([] AS Array(DateTime64(3, 'UTC'))) AS links
+    FROM ("""
+    + _REDERIVED_ROWS.replace("{where}", _ROWS_OF_RANGE)
+    + """)"""
+)
+
+# The items of the partial hours, from report_hours_fix ({in_range}: on it.1).
+_FIXED_PARTIAL = (
+    """
+    SELECT {key} AS key, kind, toUInt64(0) AS n, 0. AS total, """
+    + _NO_VALUES
+    + """ AS vals, count() AS bh_n, sum(it.2) AS bh_total, groupArray(it.2) AS bh_vals,
+           CAST([] AS Array(DateTime64(3, 'UTC'))) AS links
+    FROM report_hours_fix ARRAY JOIN items AS it
+    WHERE tenant_id = {tenant:String} AND version = {fversion:UInt64}
+      AND (day, computed_at, writer) IN
+          (SELECT arrayJoin({fwrites:Array(Tuple(Date, UInt64, UInt64))}))
+      AND day >= {pd0:Date} AND day <= {pd1:Date}
+      AND (day, computed_at, hour) IN (SELECT arrayJoin({pgens:Array(Tuple(Date, UInt64, UInt8))}))
+      AND kind IN {rkinds:Array(String)} AND {stale}"""
+    + _CONV_FILTER
+    + """
+      AND {in_range}
+    GROUP BY key, kind"""
+)
+
+# The same, written once after the change (daily.write_hours_fix).
+_FIXED = (
+    """
+    SELECT {key} AS key, kind, toUInt64(0) AS n, 0. AS total, """
+    + _NO_VALUES
+    + """ AS vals, bh_n, bh_total, bh_vals,
+           CAST([] AS Array(DateTime64(3, 'UTC'))) AS links
+    FROM report_hours_fix
+    WHERE tenant_id = {tenant:String} AND version = {fversion:UInt64}
+      AND (day, computed_at, writer) IN
+          (SELECT arrayJoin({fwrites:Array(Tuple(Date, UInt64, UInt64))}))
+      AND """
+    + _ROWS_OF_RANGE
+)
+
+
+def hours_fix_sql(
+    hours: Sequence[BusinessHours], changed: Sequence[tuple[str, int]]
+) -> tuple[str, dict[str, Any]]:
+    """SQL: per ``report_hourly`` row of the computations ``{covered}`` (``(day, computed_at)``)
+    of an inbox of ``changed`` computed at or before its change, its duration kind and
+    its business seconds under ``hours`` (``bv``), for ``report_hours_fix``."""
+    stale, parameters = _stale_sql(changed)
+    bh_array, p = _items_business_seconds(hours)
+    parameters.update(p)
+    where = (
+        "(day, computed_at) IN (SELECT arrayJoin({covered:Array(Tuple(Date, UInt64))}))"
+        f" AND kind IN {{durations:Array(String)}} AND {stale}"
+    )
+    sql = _REDERIVED_ROWS.replace("{where}", where).replace("{bh_array}", bh_array)
+    return sql, {**parameters, "durations": list(DURATION_KINDS)}
+
+
+def _stale_sql(changed: Sequence[tuple[str, int]]) -> tuple[str, dict[str, Any]]:
+    """SQL true for the rows of ``changed`` inboxes computed at or before their change."""
+    parameters: dict[str, Any] = {}
+    terms = []
+    for i, (inbox, at) in enumerate(changed):
+        parameters[f"si{i}"], parameters[f"sa{i}"] = inbox, at
+        terms.append(f"(inbox_id = {{si{i}:String}} AND computed_at <= {{sa{i}:UInt64}})")
+    return "(" + " OR ".join(terms or ["0"]) + ")", parameters
+
+
+def _item_business_seconds(hours: Sequence[BusinessHours]) -> tuple[str, dict[str, Any]]:
+    """SQL: the business seconds of a duration item ``it`` under ``hours`` (-1 without hours).
+
+    An item keeps one end of its duration as its instant (``it.1``: the end of a
+    resolution, the start of the others) and its length in seconds (``it.2``, whole
+    milliseconds / 1000, so ``round(it.2 * 1000)`` is exact): both ends are the
+    instants :func:`items_sql` and :func:`_live_sql` computed them from, and the
+    same calendar expression gives the same value.
+    """
+    return _by_inbox(
+        hours,
+        lambda h: f"toFloat64({_business_calendar(h, 'e')} - {_business_calendar(h, 's')})",
+        "-1.",
+    )
+
+
+def _items_business_seconds(hours: Sequence[BusinessHours]) -> tuple[str, dict[str, Any]]:
+    """:func:`_item_business_seconds` of a row's items at once (their ends ``ss``, ``es``).
+
+    Arrays per row: no row per item to aggregate again (≈ 1.6M items for two
+    inboxes over a month in the benchmark).
+    """
+    return _by_inbox(
+        hours,
+        lambda h: (
+            f"arrayMap((s, e) -> toFloat64("
+            f"{_business_calendar(h, 'e')} - {_business_calendar(h, 's')}), ss, es)"
+        ),
+        _NO_VALUES,
+    )
 
 
 def _live_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -751,12 +985,18 @@ async def _aggregate_plan(
         "durations": list(DURATION_KINDS),
     }
     parts: list[str] = []
+    changed = plan.changed_inboxes(flt.inbox_id)
+    bh, bh_item = _BH, "it.3"
+    if changed:
+        bh, bh_item = await _changed_business_seconds(
+            store, flt, key, kinds, plan, changed, parameters, parts
+        )
     if plan.clean:
-        parts.append(_DAILY.replace("{key}", key))
+        parts.append(_DAILY.replace("{key}", key).replace("{bh}", bh))
         parameters["gens"] = [(day, computed) for day, _, computed in plan.clean]
         parameters["d0"], parameters["d1"] = plan.clean[0][0], plan.clean[-1][0]
     if plan.hours:
-        parts.append(_HOURLY.replace("{key}", key))
+        parts.append(_HOURLY.replace("{key}", key).replace("{bh}", bh))
         parameters["hgens"] = [
             (day, computed, hour)
             for (day, _, computed), first, last in plan.hours
@@ -765,15 +1005,19 @@ async def _aggregate_plan(
         parameters["hd0"], parameters["hd1"] = plan.hours[0][0][0], plan.hours[-1][0][0]
     if plan.partial:
         in_range, p = _window_sql([w for _, _, w in plan.partial], "it.1", "it.1", "pw")
-        parts.append(_PARTIAL.replace("{key}", key).replace("{in_range}", in_range))
+        partial = _PARTIAL_CHANGED if changed else _PARTIAL
+        parts.append(
+            partial.replace("{key}", key)
+            .replace("{in_range}", in_range)
+            .replace("{bh_item}", bh_item)
+        )
         parameters.update(p)
         parameters["pgens"] = [
             (day, computed, hour) for (day, _, computed), hour, _ in plan.partial
         ]
         parameters["pd0"], parameters["pd1"] = plan.partial[0][0][0], plan.partial[-1][0][0]
     if plan.live:
-        hours = await business_hours(store, flt.tenant_id)
-        live, p = _live_sql(key, kinds, hours, plan.live)
+        live, p = _live_sql(key, kinds, await business_hours(store, flt.tenant_id), plan.live)
         parts.append(live)
         parameters.update(p)
     sql = f"""
@@ -794,6 +1038,89 @@ GROUP BY key, kind"""
             bh_q,
         )
     return result
+
+
+async def _changed_business_seconds(
+    store: Store,
+    flt: ReportFilter,
+    key: str,
+    kinds: Sequence[str],
+    plan: DayPlan,
+    changed: Sequence[tuple[str, int]],
+    parameters: dict[str, Any],
+    parts: list[str],
+) -> tuple[str, str]:
+    """For inboxes whose business hours ``changed`` since rows the plan reads were computed.
+
+    Adds the parts giving those rows' business seconds under ``hours`` to ``parts``
+    (and their ``parameters``): from ``report_hours_fix`` if it was written for the
+    tenant's latest change and covers every computation read that predates it, else
+    derived from the items here under the current hours. Returns the bh columns of
+    ``_DAILY`` / ``_HOURLY`` without them, and the ``_PARTIAL_CHANGED`` expression of
+    an item's business seconds.
+    """
+    stale, p = _stale_sql(changed)
+    parameters.update(p)
+    rkinds = [k for k in kinds if k in DURATION_KINDS]
+    parameters["rkinds"] = rkinds
+    version = max(at for _, at in plan.changes)
+    used = {(s[0], s[2]) for s in (*plan.clean, *(s for s, _, _ in plan.hours))}
+    used.update((s[0], s[2]) for s, _, _ in plan.partial)
+    covered = await fixed(store, flt.tenant_id, version)
+    use_fix = all(c in covered for c in used if c[1] <= version)
+    hours = [] if use_fix else await business_hours(store, flt.tenant_id)
+    parameters["fversion"] = version
+    parameters["fwrites"] = [(d, c, w) for (d, c), w in covered.items() if (d, c) in used]
+    bh = (
+        f"if({stale}, 0, bh_n) AS bh_n, if({stale}, 0., bh_total) AS bh_total,"
+        f" if({stale}, {_NO_VALUES}, bh_vals) AS bh_vals"
+    )
+    if use_fix:
+        bh_item = f"if({stale}, -1., it.3)"
+    else:
+        item, p = _item_business_seconds(hours)
+        parameters.update(p)
+        bh_item = f"if({stale} AND kind IN {{durations:Array(String)}}, {item}, it.3)"
+    if not rkinds:
+        return bh, bh_item
+    if use_fix and plan.partial:
+        in_range, _ = _window_sql([w for _, _, w in plan.partial], "it.1", "it.1", "pw")
+        parts.append(
+            _FIXED_PARTIAL.replace("{key}", key)
+            .replace("{stale}", stale)
+            .replace("{in_range}", in_range)
+        )
+    computations = []
+    if plan.clean:
+        whole = "(day, computed_at) IN (SELECT arrayJoin({rdays:Array(Tuple(Date, UInt64))}))"
+        # report_hours_fix also has each whole day's rows, as hour 24.
+        computations.append(f"({whole} AND hour = 24)" if use_fix else whole)
+        parameters["rdays"] = [(day, computed) for day, _, computed in plan.clean]
+    if plan.hours:
+        computations.append(
+            "(day, computed_at, hour) IN"
+            " (SELECT arrayJoin({rhours:Array(Tuple(Date, UInt64, UInt8))}))"
+        )
+        parameters["rhours"] = [
+            (day, computed, hour)
+            for (day, _, computed), first, last in plan.hours
+            for hour in range(first, last)
+        ]
+    if computations:
+        days = [s[0] for s in plan.clean] + [s[0] for s, _, _ in plan.hours]
+        parameters["rd0"], parameters["rd1"] = min(days), max(days)
+        if use_fix:
+            template = _FIXED
+        else:
+            bh_array, p = _items_business_seconds(hours)
+            parameters.update(p)
+            template = _REDERIVED.replace("{bh_array}", bh_array)
+        parts.append(
+            template.replace("{key}", key)
+            .replace("{computations}", " OR ".join(computations))
+            .replace("{stale}", stale)
+        )
+    return bh, bh_item
 
 
 def _number(value: Any) -> float | None:
