@@ -147,14 +147,37 @@ async def test_two_pods_exchange_frames_on_channels_of_every_node(
     assert await cluster.subscriber_count(cluster.node(port), channel) == 1
 
 
+async def _listen_on_every_node(
+    cluster: RedisClusterProcesses, pod: ClusterHub
+) -> tuple[dict[int, str], dict[int, Inbox]]:
+    """A channel on each node (by port), each joined by ``pod`` with an inbox of its own."""
+    channels = await _channel_per_node(cluster)
+    inboxes = {port: Inbox() for port in channels}
+    for port, channel in channels.items():
+        await pod.join(channel, inboxes[port])
+    return channels, inboxes
+
+
+async def _recovered_alone(
+    cluster: RedisClusterProcesses,
+    publisher: ClusterHub,
+    inboxes: dict[int, Inbox],
+    node: ClusterNodeProcess,
+    channel: str,
+) -> None:
+    """``channel`` of ``node`` is subscribed there once more and carries frames again;
+    the sockets of the other nodes' channels lost nothing (no resync)."""
+    assert await cluster.subscriber_count(node, channel) == 1
+    assert [b.resyncs() for p, b in inboxes.items() if p != node.port] == [0, 0]
+    await publisher.publish(channel, "recovered")
+    await until(lambda: inboxes[node.port].data() == ["recovered"], "a frame after the resync")
+
+
 async def test_killed_subscriber_connection_resubscribes_and_resyncs(
     cluster: RedisClusterProcesses, pods: tuple[ClusterHub, ClusterHub]
 ) -> None:
     pod_a, pod_b = pods
-    channels = await _channel_per_node(cluster)
-    inboxes = {port: Inbox() for port in channels}
-    for port, channel in channels.items():
-        await pod_a.join(channel, inboxes[port])
+    channels, inboxes = await _listen_on_every_node(cluster, pod_a)
     cut_port, cut_channel = next(iter(channels.items()))
     cut = cluster.node(cut_port)
     repairs = pod_a.subscriber.repairs
@@ -164,22 +187,14 @@ async def test_killed_subscriber_connection_resubscribes_and_resyncs(
     box = inboxes[cut_port]
     await until(lambda: box.resyncs() == 1, "resync after the cut")
     assert pod_a.subscriber.repairs == repairs + 1
-    assert await cluster.subscriber_count(cut, cut_channel) == 1
-    # Only the sockets of the cut node's channels resync: the others lost nothing.
-    assert [b.resyncs() for p, b in inboxes.items() if p != cut_port] == [0, 0]
-    # And the channel is live again.
-    await pod_b.publish(cut_channel, "after the cut")
-    await until(lambda: box.data() == ["after the cut"], "frame after resync")
+    await _recovered_alone(cluster, pod_b, inboxes, cut, cut_channel)
 
 
 async def test_a_restarted_node_gets_its_channels_back(
     cluster: RedisClusterProcesses, pods: tuple[ClusterHub, ClusterHub]
 ) -> None:
     pod_a, pod_b = pods
-    channels = await _channel_per_node(cluster)
-    inboxes = {port: Inbox() for port in channels}
-    for port, channel in channels.items():
-        await pod_a.join(channel, inboxes[port])
+    channels, inboxes = await _listen_on_every_node(cluster, pod_a)
     port, channel = next(iter(channels.items()))
     node = cluster.node(port)
 
@@ -187,12 +202,8 @@ async def test_a_restarted_node_gets_its_channels_back(
     await until(lambda: channel in pod_a.subscriber.lost, "the channel lost with its node")
     await cluster.start(node)  # same ports and cluster config: it serves its slots again
 
-    box = inboxes[port]
-    await until(lambda: box.resyncs() == 1, "resync once the node is back")
-    assert await cluster.subscriber_count(node, channel) == 1
-    assert [b.resyncs() for p, b in inboxes.items() if p != port] == [0, 0]
-    await pod_b.publish(channel, "back")
-    await until(lambda: box.data() == ["back"], "frame after the restart")
+    await until(lambda: inboxes[port].resyncs() == 1, "resync once the node is back")
+    await _recovered_alone(cluster, pod_b, inboxes, node, channel)
 
 
 async def test_channel_whose_slot_moves_follows_it_to_the_new_owner(
