@@ -276,6 +276,22 @@ async def test_consoles_hear_only_what_they_may_see(chat: Chat) -> None:
         assert (await ws.receive_json(timeout=5))["type"] == "pong"
 
 
+async def test_hello_comes_first_even_when_an_event_arrives_while_joining(
+    chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = chat.client.app[WS_KEY].actions.hub
+    join = hub.join
+
+    async def join_then_hear_an_event(channel: str, listener: Any) -> None:
+        await join(channel, listener)
+        # A console event published the moment the subscription took effect.
+        hub.deliver_local(channel, json.dumps({"type": "conversation", "event": "queued"}))
+
+    monkeypatch.setattr(hub, "join", join_then_hear_an_event)
+    ws = await chat.ws(chat.token(chat.org.agent))  # asserts the first frame is hello
+    assert (await _next(ws, "conversation"))["event"] == "queued"
+
+
 def _awaiting(task: asyncio.Task[Any]) -> list[str]:
     """The names of the coroutines ``task`` is suspended in, outermost first."""
     names: list[str] = []

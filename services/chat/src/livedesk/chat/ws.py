@@ -223,14 +223,8 @@ class _Session:
 
     async def start(self) -> None:
         self.socket.team_ids = await self.actions.team_ids(self.principal)
-        if self.principal.is_staff:
-            for channel in console_channels(
-                self.principal.tenant_id,
-                self.principal.role,
-                self.principal.subject_id,
-                self.socket.team_ids,
-            ):
-                await self._join(channel)
+        # hello first (docs/protocol.md): a console event published while the
+        # channels below are being joined is delivered at once, and must follow it.
         self.socket.deliver(
             dumps(
                 {
@@ -243,6 +237,14 @@ class _Session:
                 }
             )
         )
+        if self.principal.is_staff:
+            for channel in console_channels(
+                self.principal.tenant_id,
+                self.principal.role,
+                self.principal.subject_id,
+                self.socket.team_ids,
+            ):
+                await self._join(channel)
 
     async def _join(self, channel: str) -> None:
         if channel not in self.socket.channels:
