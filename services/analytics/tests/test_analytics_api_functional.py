@@ -6,7 +6,9 @@ every real response against openapi.yaml.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -57,9 +59,38 @@ async def client(
     await ingest_events(migrated, history)
     health = HealthChecks()
     health.add("clickhouse", migrated.ping)
-    app = create_app(migrated, health, load_verifier(AUTH), clock=lambda: NOW)
-    async with TestClient(TestServer(app)) as client:
-        yield client
+    # As the service runs it: reports and search on lanes of their own.
+    readers = await migrated.open_readers(2)
+    app = create_app(migrated, health, load_verifier(AUTH), reads=readers, clock=lambda: NOW)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            yield client
+    finally:
+        await readers.close()
+
+
+async def test_reports_answer_while_the_writes_are_held(client: Client, migrated: Store) -> None:
+    """An INSERT or a refresh in progress (here: a held write lane) never delays a report."""
+    release = threading.Event()
+    held = asyncio.ensure_future(migrated._call(lambda _client: release.wait(30)))
+    try:
+        for name in TABLES:
+            resp = await client.get(f"/api/v1/reports/{name}", params=RANGE, headers=token())
+            assert resp.status == 200, await resp.text()
+        resp = await client.get("/api/v1/search/messages", params={"q": "parcel"}, headers=token())
+        assert resp.status == 200
+        # A settings write goes through the held lane: it waits for it.
+        write = asyncio.ensure_future(
+            client.put("/api/v1/reports/settings", json={"time_zone": "UTC"}, headers=token())
+        )
+        resp = await client.get("/api/v1/reports/settings", headers=token())
+        assert resp.status == 200
+        assert not write.done()
+        assert not held.done()
+    finally:
+        release.set()
+    assert await held is True
+    assert (await write).status == 200
 
 
 async def test_every_report_conforms_to_the_document(client: Client) -> None:

@@ -24,6 +24,7 @@ def test_defaults_use_chdb_locally() -> None:
     assert settings.chdb_path == ".run/analytics/chdb"
     assert settings.ingest_batch_size == 5000
     assert settings.ingest_flush_interval == 0.5
+    assert settings.report_query_concurrency == 2
 
 
 def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,11 +32,13 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CLICKHOUSE_URL", " http://default:pw@ch.example:8123/livedesk ")
     monkeypatch.setenv("INGEST_BATCH_SIZE", "100")
     monkeypatch.setenv("INGEST_FLUSH_INTERVAL", "0.05")
+    monkeypatch.setenv("REPORT_QUERY_CONCURRENCY", "4")
     settings = load_settings(AnalyticsSettings)
     assert settings.port == 18002
     assert settings.clickhouse_url == "http://default:pw@ch.example:8123/livedesk"
     assert settings.ingest_batch_size == 100
     assert settings.ingest_flush_interval == 0.05
+    assert settings.report_query_concurrency == 4
 
 
 def test_empty_clickhouse_url_means_chdb(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,6 +57,8 @@ def test_empty_clickhouse_url_means_chdb(monkeypatch: pytest.MonkeyPatch) -> Non
         ("CHDB_PATH", ""),
         ("CLICKHOUSE_URL", "chdb:///var/lib/x"),
         ("CLICKHOUSE_URL", "localhost:8123"),
+        ("REPORT_QUERY_CONCURRENCY", "0"),
+        ("REPORT_QUERY_CONCURRENCY", "33"),
     ],
 )
 def test_bad_values_name_the_variable(

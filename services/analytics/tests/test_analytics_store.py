@@ -80,3 +80,39 @@ async def test_unreachable_server_is_a_dependency_error_without_the_password() -
         await Store.open(clickhouse_url="http://app:s3cret@127.0.0.1:1/db", chdb_path="unused")
     assert "app:***@127.0.0.1:1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+async def test_readers_answer_while_the_store_is_busy(store: Store) -> None:
+    release = threading.Event()
+    held = asyncio.ensure_future(store._call(lambda _client: release.wait(30)))
+    readers = await store.open_readers(1)
+    try:
+        assert await readers.query("SELECT 1") == [(1,)]
+        waiting = asyncio.ensure_future(store.query("SELECT 2"))
+        assert await readers.query("SELECT 3") == [(3,)]
+        assert not held.done()
+        assert not waiting.done()  # the store's own calls stay in order behind the held one
+    finally:
+        release.set()
+        await readers.close()
+    assert await held is True
+    assert await waiting == [(2,)]
+    with pytest.raises(StoreError, match="closed"):
+        await readers.ping()
+
+
+async def test_a_store_of_two_lanes_runs_two_calls_at_once(tmp_path: Path) -> None:
+    store = await Store.open(clickhouse_url=None, chdb_path=str(tmp_path / "chdb"), lanes=2)
+    release = threading.Event()
+    try:
+        held = asyncio.ensure_future(store._call(lambda _client: release.wait(30)))
+        assert await store.query("SELECT 1") == [(1,)]  # on the other lane
+        workers = [t for t in threading.enumerate() if t.name.startswith("analytics-store")]
+        assert len(workers) == 2
+        assert not held.done()
+    finally:
+        release.set()
+    assert await held is True
+    await store.close()
+    with pytest.raises(ValueError, match="lane"):
+        await Store.open(clickhouse_url=None, chdb_path=str(tmp_path / "chdb"), lanes=0)

@@ -53,6 +53,9 @@ class ApiConfig:
     """What the handlers need besides the request."""
 
     store: Store
+    """Where settings are written: the store the ingester and refresher write through."""
+    reads: Store
+    """Where reports and search read: lanes of their own, not queued behind writes."""
     query_timeout: float
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
@@ -206,7 +209,7 @@ async def get_overview(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG_KEY]
     flt = _filter(request, claims, config)
     as_csv = _wants_csv(request)
-    metrics = await reports.overview(config.store, flt, config.query_settings)
+    metrics = await reports.overview(config.reads, flt, config.query_settings)
     if as_csv:
         return _csv([metrics], "overview")
     return _json({**_report_meta(flt), **metrics})
@@ -219,7 +222,7 @@ def _breakdown_handler(by: reports.GroupBy, name: str) -> Handler:
         config = request.app[CONFIG_KEY]
         flt = _filter(request, claims, config)
         as_csv = _wants_csv(request)
-        rows = await reports.breakdown(config.store, flt, by, config.query_settings)
+        rows = await reports.breakdown(config.reads, flt, by, config.query_settings)
         if as_csv:
             return _csv(rows, name)
         return _json({**_report_meta(flt), "rows": rows})
@@ -246,7 +249,7 @@ async def get_volume(request: web.Request) -> web.StreamResponse:
         raise InputError(f"at most {limits[interval]} {interval} buckets per request")
     as_csv = _wants_csv(request)
     body = await reports.volume(
-        config.store, flt, cast("reports.Interval", interval), config.query_settings
+        config.reads, flt, cast("reports.Interval", interval), config.query_settings
     )
     if as_csv:
         return _csv(body["series"], "volume")
@@ -260,7 +263,7 @@ async def get_heatmap(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG_KEY]
     flt = _filter(request, claims, config)
     as_csv = _wants_csv(request)
-    body = await reports.heatmap(config.store, flt, config.query_settings)
+    body = await reports.heatmap(config.reads, flt, config.query_settings)
     if as_csv:
         return _csv(body["cells"], "heatmap")
     return _json({**_report_meta(flt), **body})
@@ -272,7 +275,7 @@ async def get_live(request: web.Request) -> web.StreamResponse:
     claims = _claims(request)
     config = request.app[CONFIG_KEY]
     body = await reports.live(
-        config.store,
+        config.reads,
         claims.tenant_id,
         config.clock(),
         inbox_id=_id(request, "inbox_id"),
@@ -301,7 +304,7 @@ async def get_search(request: web.Request) -> web.StreamResponse:
     if start and end and start >= end:
         raise InputError("from must be before to")
     body = await search_messages(
-        config.store,
+        config.reads,
         tenant_id=claims.tenant_id,
         query=query,
         start=start,
@@ -320,7 +323,7 @@ async def get_search(request: web.Request) -> web.StreamResponse:
 async def get_settings(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/reports/settings: the tenant's time zone."""
     claims = _claims(request)
-    zone = await reports.tenant_time_zone(request.app[CONFIG_KEY].store, claims.tenant_id)
+    zone = await reports.tenant_time_zone(request.app[CONFIG_KEY].reads, claims.tenant_id)
     return _json({"time_zone": zone})
 
 
@@ -413,7 +416,7 @@ def _hours_body(hours: reports.BusinessHours) -> dict[str, Any]:
 async def get_business_hours(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/reports/settings/business-hours: every inbox's business hours."""
     claims = _claims(request)
-    hours = await reports.business_hours(request.app[CONFIG_KEY].store, claims.tenant_id)
+    hours = await reports.business_hours(request.app[CONFIG_KEY].reads, claims.tenant_id)
     return _json({"inboxes": [_hours_body(h) for h in hours]})
 
 
@@ -490,15 +493,19 @@ def create_app(
     health: HealthChecks,
     verifier: TokenVerifier,
     *,
+    reads: Store | None = None,
     query_timeout: float = 30.0,
     clock: Callable[[], dt.datetime] | None = None,
 ) -> web.Application:
-    """The analytics HTTP application: reports, search, settings and the ops routes."""
+    """The analytics HTTP application: reports, search, settings and the ops routes.
+
+    Reports and search read through ``reads`` (default: ``store``).
+    """
     app = web.Application(middlewares=[request_context, json_errors])
     app[VERIFIER_KEY] = verifier
-    config = ApiConfig(store, query_timeout)
+    config = ApiConfig(store, reads or store, query_timeout)
     if clock is not None:
-        config = ApiConfig(store, query_timeout, clock)
+        config = ApiConfig(store, reads or store, query_timeout, clock)
     app[CONFIG_KEY] = config
     add_ops_routes(app, health)
     r = app.router

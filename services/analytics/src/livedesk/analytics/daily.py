@@ -84,7 +84,7 @@ KEEP_OLD = 60.0
 CLEANUP_INTERVAL = 600.0
 """Seconds between two deletions of replaced computations by :class:`DailyRefresher`.
 
-A lightweight DELETE costs 0.2-2 s of chDB time (holding it from reports)
+A lightweight DELETE costs 0.2-2 s of chDB time (holding the write lane from ingestion)
 even for one day's rows: deleting after every round would cost more than the
 round itself. Replaced rows are skipped by the primary key
 (``computed_at``) meanwhile."""
@@ -119,8 +119,8 @@ HOURS_STALE_DAYS = 2
 """Days computed before a business-hours change that a refresh round re-computes.
 
 Reports read them exactly meanwhile (the change's business seconds are written
-once, :func:`write_hours_fix`); each day re-computed holds chDB's only statement
-slot ≈ 0.3 s at 17k conversations a day, and reports wait behind it, so they are
+once, :func:`write_hours_fix`); each day re-computed holds the write lane (the
+ingester waits behind it) and a core ≈ 0.3 s at 17k conversations a day, so they are
 re-computed slowly rather than all at once (61 days: 31 rounds, ≈ 15 minutes)."""
 
 _NOW = "SELECT toUInt64(toUnixTimestamp64Micro(now64(6)))"

@@ -75,7 +75,15 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown, verifier: TokenVe
 
         health.add("clickhouse", store.ping)
         health.add("rabbitmq", rabbitmq_ready)
-        app = create_app(store, health, verifier, query_timeout=settings.report_query_timeout)
+        reads = await store.open_readers(settings.report_query_concurrency)
+        stack.push_async_callback(reads.close)
+        app = create_app(
+            store,
+            health,
+            verifier,
+            reads=reads,
+            query_timeout=settings.report_query_timeout,
+        )
         await stack.enter_async_context(serve_http(app, settings.host, settings.port))
 
         ingestor = EventIngestor(
