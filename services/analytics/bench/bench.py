@@ -18,15 +18,22 @@
    Then business hours are set on 2 of 5 inboxes: the reports right after
    (days still pre-aggregated, those inboxes' business seconds written again
    by the change, the refresher re-computing a few days per round), and again
-   two refresh rounds later.
+   two refresh rounds later. Last, the reports up to "now" while
+   BENCH_LIVE_EVENTS_PER_SECOND events (default 20: conversations of 7 events)
+   arrive through RabbitMQ for the hour of "now", as in a live desk: that hour
+   keeps changing, and ingestion and the refresher write meanwhile.
+   BENCH_REPORTS_DATA=<dir> copies a chDB directory an earlier load wrote
+   (same sizes) instead of generating the history again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -39,7 +46,12 @@ from livedesk.analytics.daily import refresh
 from livedesk.analytics.schema import migrate
 from livedesk.analytics.store import Store
 from livedesk.analytics.summary import refresh_all
-from livedesk.contracts.events.v1.conversation_pb2 import ConversationCreated
+from livedesk.contracts.events.v1.common_pb2 import ActorKind
+from livedesk.contracts.events.v1.conversation_pb2 import (
+    ConversationAssigned,
+    ConversationCreated,
+    ConversationResolved,
+)
 from livedesk.contracts.events.v1.message_pb2 import MessageCreated
 from livedesk.platform.auth import AuthSettings, load_issuer
 from livedesk.platform.bus import EventPublisher, connect, new_event
@@ -58,9 +70,13 @@ CONVERSATIONS = int(os.environ.get("BENCH_CONVERSATIONS", "1000000"))
 MESSAGES_PER_CONVERSATION = int(os.environ.get("BENCH_MESSAGES_PER_CONVERSATION", "10"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "50"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+LOADED = os.environ.get("BENCH_REPORTS_DATA", "")
+"""A chDB directory written by an earlier load (same sizes), copied instead of generating."""
 PARTS = os.environ.get("BENCH_PARTS", "ingest,reports").split(",")
 TENANT = "bench-tenant"
 START = dt.datetime(2024, 4, 1, tzinfo=dt.UTC)
+LIVE_RATE = float(os.environ.get("BENCH_LIVE_EVENTS_PER_SECOND", "20"))
+"""Events per second published into the hour of the reports' "now" while they are asked."""
 PREFETCH = 10_000
 """The raw consumer's prefetch: analytics' own (2 x INGEST_BATCH_SIZE)."""
 
@@ -362,9 +378,95 @@ async def _refreshed(base: str) -> None:
     print(f"  (two refresh rounds, no dirty day, {time.perf_counter() - t0:.0f}s after the change)")
 
 
+_NOW = dt.datetime(2024, 5, 15, 10, 17, 23, tzinfo=dt.UTC)
+
+
+def _live_conversation(i: int) -> list[Envelope]:
+    """A conversation of 7 events inside the hour of the reports' "now", before it."""
+    conv = f"live{os.getpid()}-{i}"
+    agent = f"ag{i % 40}"
+    t0 = _NOW.replace(minute=0, second=0) + dt.timedelta(seconds=i % 900)
+    payloads: list[Message] = [
+        ConversationCreated(inbox_id=f"inbox{i % 5}", team_id=f"team{i % 3}"),
+        ConversationAssigned(agent_id=agent),
+    ]
+    for k in range(4):
+        visitor = k % 2 == 0
+        payloads.append(
+            MessageCreated(
+                message_id=f"{conv}-{k}",
+                seq=k + 1,
+                sender_kind=ActorKind.ACTOR_KIND_VISITOR if visitor else ActorKind.ACTOR_KIND_AGENT,
+                sender_id=f"v{i}" if visitor else agent,
+                body="where is my parcel" if visitor else "it ships today",
+            )
+        )
+    payloads.append(ConversationResolved(resolved_by=agent, agent_id=agent))
+    events = []
+    for k, payload in enumerate(payloads):
+        at = t0 + dt.timedelta(seconds=20 * k)
+        if isinstance(payload, MessageCreated):
+            payload.created_at.FromDatetime(at)
+        events.append(
+            new_event(
+                payload, tenant_id=TENANT, producer="bench", conversation_id=conv, occurred_at=at
+            )
+        )
+    return events
+
+
+async def _live_traffic(exchange: str, stop: asyncio.Event) -> int:
+    """Publish LIVE_RATE events/s into the current hour until ``stop``; the events sent."""
+    connection = await connect(AMQP_URL, "bench-live")
+    publisher = await EventPublisher.create(connection, exchange)
+    sent, i = 0, 0
+    started = time.perf_counter()
+    try:
+        while not stop.is_set():
+            due = int((time.perf_counter() - started) * LIVE_RATE)
+            while sent < due:
+                events = _live_conversation(i)
+                i += 1
+                await publisher.publish_many(events)
+                sent += len(events)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 7 / LIVE_RATE)
+    finally:
+        await publisher.close()
+        await connection.close()
+    return sent
+
+
+async def _with_live_traffic(
+    s: aiohttp.ClientSession, base: str, exchange: str, headers: dict[str, str]
+) -> None:
+    """The reports up to "now" while events keep arriving for the current hour."""
+    ingested = "livedesk_analytics_events_ingested_total"
+    before = await _metric(base, ingested)
+    stop = asyncio.Event()
+    traffic = asyncio.create_task(_live_traffic(exchange, stop))
+    try:
+
+        async def flowing() -> bool:
+            return await _metric(base, ingested) >= before + 2 * LIVE_RATE
+
+        await wait_until(flowing, timeout=120, interval=0.2, what="live events ingested")
+        print(f"while {LIVE_RATE:g} events/s arrive for the hour of 10:17:23:")
+        for name, path, params in _REQUESTS[9:13] + _REQUESTS[:2]:
+            _summary(name, await _latency(s, f"{base}/api/v1/{path}", params, headers))
+    finally:
+        stop.set()
+        sent = await traffic
+    done = await _metric(base, ingested) - before
+    print(f"  ({sent} live events published, {done:.0f} ingested meanwhile)")
+
+
 async def bench_reports(tmp: Path) -> None:
     chdb = tmp / "reports-chdb"
-    await load_reports_data(chdb)
+    if LOADED:
+        shutil.copytree(LOADED, chdb, symlinks=True)  # a data set load_reports_data wrote before
+    else:
+        await load_reports_data(chdb)
     tag = f"r{os.getpid()}"
     service = _service(tmp, tag, chdb)
     service.start()
@@ -402,6 +504,7 @@ async def bench_reports(tmp: Path) -> None:
             print("with business hours on 2 of 5 inboxes, two refresh rounds later:")
             for name, path, params in _REQUESTS[:6]:
                 _summary(name, await _latency(s, f"{api}/{path}", params, headers))
+            await _with_live_traffic(s, service.base_url, f"bench.{tag}.events", headers)
     finally:
         service.terminate()
         # The service declared its queues and exchange on the shared broker: remove them.
