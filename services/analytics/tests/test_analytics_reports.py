@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from typing import TYPE_CHECKING, Any
 
-from livedesk.analytics import reports
+from livedesk.analytics import daily, reports
 from livedesk.analytics.reports import ReportFilter
 
 if TYPE_CHECKING:
@@ -211,3 +211,44 @@ async def test_duplicates_and_out_of_order_change_no_report(
     assert rows[0][0] > len(history)  # the duplicates are stored, and collapse in queries
     await migrated.command("OPTIMIZE TABLE events FINAL")
     assert await _all_reports(migrated) == results
+
+
+async def test_inboxes_of_one_time_zone_keep_their_own_business_hours(
+    migrated: Store, builder: Any, ingest_events: Ingest
+) -> None:
+    # Two inboxes in Paris (UTC+2 that Monday), the same conversation in each.
+    history = builder()
+    for conv, inbox in (("w", "web"), ("e", "email")):
+        history.created(conv, "09:00", inbox)
+        history.assigned(conv, "09:10", "a1")
+        history.message(conv, "09:20", "a1", "hello")
+        history.resolved(conv, "10:00", "a1")
+    await ingest_events(migrated, history.events)
+    await migrated.insert(
+        "inbox_business_hours",
+        [
+            # web: 11:05-11:15 Paris = 09:05-09:15 UTC; email: 11:00-13:00 = 09:00-11:00 UTC.
+            (TENANT, "web", "Europe/Paris", [11 * 3600 + 300], [11 * 3600 + 900], 1, 1),
+            (TENANT, "email", "Europe/Paris", [11 * 3600], [13 * 3600], 1, 1),
+        ],
+        ("tenant_id", "inbox_id", "time_zone", "starts", "ends", "enabled", "version"),
+    )
+    expected = {
+        # wait 600, first response 1200, resolution 3600 in both; in business hours:
+        "web": (300.0, 600.0, 600.0),
+        "email": (600.0, 1200.0, 3600.0),
+    }
+
+    async def business() -> dict[str, tuple[float, ...]]:
+        rows = await reports.breakdown(migrated, DAY, "inbox")
+        return {
+            r["inbox_id"]: tuple(
+                r[f"{m}_time"]["business_hours"]["avg"]
+                for m in ("wait", "first_response", "resolution")
+            )
+            for r in rows
+        }
+
+    assert await business() == expected  # live
+    await daily.refresh(migrated)
+    assert await business() == expected  # pre-aggregated
