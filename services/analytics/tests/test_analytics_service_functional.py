@@ -71,6 +71,7 @@ async def test_every_event_lands_once_and_sigterm_exits_zero(
     assert body["checks"] == {
         "clickhouse": {"ok": True, "detail": "ok"},
         "rabbitmq": {"ok": True, "detail": "ok"},
+        "warm-up": {"ok": True, "detail": "ok"},
     }
 
     at = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)

@@ -25,6 +25,7 @@ def test_defaults_use_chdb_locally() -> None:
     assert settings.ingest_batch_size == 5000
     assert settings.ingest_flush_interval == 0.5
     assert settings.report_query_concurrency == 2
+    assert settings.report_warm_up_tenants == 3
 
 
 def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +60,8 @@ def test_empty_clickhouse_url_means_chdb(monkeypatch: pytest.MonkeyPatch) -> Non
         ("CLICKHOUSE_URL", "localhost:8123"),
         ("REPORT_QUERY_CONCURRENCY", "0"),
         ("REPORT_QUERY_CONCURRENCY", "33"),
+        ("REPORT_WARM_UP_TENANTS", "-1"),
+        ("REPORT_WARM_UP_TENANTS", "101"),
     ],
 )
 def test_bad_values_name_the_variable(

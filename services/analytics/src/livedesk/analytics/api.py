@@ -61,20 +61,25 @@ class ApiConfig:
 
     @property
     def query_settings(self) -> dict[str, Any]:
-        """ClickHouse settings every report query runs with.
+        """ClickHouse settings every report query runs with (:func:`report_query_settings`)."""
+        return report_query_settings(self.query_timeout)
 
-        No JIT compilation of expressions: ClickHouse compiles an expression
-        on its 4th use (``min_count_to_compile_expression``), which took
-        40-110 ms of one report call per query shape in each process, and the
-        compiled code made no measurable difference to these queries (few
-        rows each; docs/benchmarks/analytics.md).
-        """
-        return {
-            "max_execution_time": max(1, round(self.query_timeout)),
-            "compile_expressions": 0,
-            "compile_aggregate_expressions": 0,
-            "compile_sort_description": 0,
-        }
+
+def report_query_settings(timeout: float) -> dict[str, Any]:
+    """ClickHouse settings every report query runs with, given ``REPORT_QUERY_TIMEOUT``.
+
+    No JIT compilation of expressions: ClickHouse compiles an expression
+    on its 4th use (``min_count_to_compile_expression``), which took
+    40-110 ms of one report call per query shape in each process, and the
+    compiled code made no measurable difference to these queries (few
+    rows each; docs/benchmarks/analytics.md).
+    """
+    return {
+        "max_execution_time": max(1, round(timeout)),
+        "compile_expressions": 0,
+        "compile_aggregate_expressions": 0,
+        "compile_sort_description": 0,
+    }
 
 
 CONFIG_KEY = web.AppKey("analytics_api", ApiConfig)

@@ -1,8 +1,9 @@
 """The analytics process: every event from the bus into ClickHouse, plus the ops routes.
 
 Start-up, in order: open the store (ClickHouse server or chDB), apply the
-schema migrations, connect to RabbitMQ, serve HTTP (reports, search and ops
-routes), start consuming, polling the queue depth and re-computing the
+schema migrations, connect to RabbitMQ, warm the report queries up (``/readyz``
+waits for it, ``warmup.py``), serve HTTP (reports, search and ops routes),
+start consuming, polling the queue depth and re-computing the
 report days changed (``daily.py``). On
 SIGTERM, the reverse: report "draining" on /readyz, stop consuming (in-flight
 events finish and their batch is written, the rest stay in the queue), write
@@ -14,13 +15,14 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from livedesk.analytics.api import create_app
+from livedesk.analytics.api import create_app, report_query_settings
 from livedesk.analytics.daily import DailyRefresher
 from livedesk.analytics.ingest import EventIngestor
 from livedesk.analytics.lag import QueueDepthMonitor
 from livedesk.analytics.schema import migrate
 from livedesk.analytics.settings import AnalyticsSettings
 from livedesk.analytics.store import Store
+from livedesk.analytics.warmup import WarmUp
 from livedesk.platform.auth import AuthSettings, load_verifier
 from livedesk.platform.bus import EventConsumer, QueueTopology, connect, connection_check
 from livedesk.platform.health import HealthChecks
@@ -77,6 +79,14 @@ async def run(settings: AnalyticsSettings, shutdown: Shutdown, verifier: TokenVe
         health.add("rabbitmq", rabbitmq_ready)
         reads = await store.open_readers(settings.report_query_concurrency)
         stack.push_async_callback(reads.close)
+        warm = WarmUp(
+            reads,
+            settings.report_warm_up_tenants,
+            timeout=settings.report_query_timeout,
+            settings=report_query_settings(settings.report_query_timeout),
+        )
+        stack.push_async_callback(warm.stop)
+        health.add("warm-up", warm.check)
         app = create_app(
             store,
             health,

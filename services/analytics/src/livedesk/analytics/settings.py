@@ -15,6 +15,8 @@ Besides the variables every service and every bus user has (see
 - ``REPORT_QUERY_TIMEOUT``: seconds a report or search query may run before it is abandoned (504).
 - ``REPORT_QUERY_CONCURRENCY``: report and search queries that may run at once, each on
   a client and thread of its own beside the one the ingester and refresher write through.
+- ``REPORT_WARM_UP_TENANTS``: at start, the reports of this many tenants (the latest
+  active) are asked once before ``/readyz`` says ready (``warmup.py``); 0: the engine only.
 - ``REPORT_REFRESH_INTERVAL``: seconds between two re-computations of the report days
   changed since (``daily.py``); days not yet re-computed are computed live by reports.
 """
@@ -48,6 +50,7 @@ class AnalyticsSettings(ServiceSettings, AmqpSettings):
     lag_poll_interval: float = Field(5.0, gt=0, le=3600)
     report_query_timeout: float = Field(30.0, gt=0, le=600)
     report_query_concurrency: int = Field(2, ge=1, le=32)
+    report_warm_up_tenants: int = Field(3, ge=0, le=100)
     report_refresh_interval: float = Field(30.0, gt=0, le=86400)
 
     @field_validator("clickhouse_url")
