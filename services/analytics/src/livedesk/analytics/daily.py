@@ -24,9 +24,12 @@ A day whose summaries change afterwards is dirty again (its marks are newer),
 and reports compute it live until the next refresh (``reports.py``), so
 reports never wait for a refresh and never see a stale day.
 
-Older computations of a day are deleted at least :data:`KEEP_OLD` seconds
-after they were replaced (a report that planned its query on one still finds
-its rows), by the refresher every :data:`CLEANUP_INTERVAL` seconds.
+Computations of a day older than its latest and made more than
+:data:`KEEP_OLD` seconds ago are deleted by the refresher every
+:data:`CLEANUP_INTERVAL` seconds. One may have been replaced just before: a
+report that planned its query on it sees the new stamp when it checks its
+plan afterwards, and runs again (``reports._planned``), so it never counts
+rows half deleted.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ __all__ = [
 log = get_logger("livedesk.analytics.daily")
 
 KEEP_OLD = 60.0
-"""Seconds a replaced computation of a day is kept (longer than any report query)."""
+"""Seconds a computation of a day is kept at least, replaced or not."""
 
 CLEANUP_INTERVAL = 600.0
 """Seconds between two deletions of replaced computations by :class:`DailyRefresher`.
@@ -402,7 +405,7 @@ async def refresh(
 
 
 async def delete_replaced(store: Store, tenants: list[str], cluster: str | None = None) -> None:
-    """Delete the computations of ``tenants`` replaced more than :data:`KEEP_OLD` s ago.
+    """Delete the replaced computations of ``tenants`` made more than :data:`KEEP_OLD` s ago.
 
     And the business seconds written for a business-hours change that a later
     change replaced (reports only read those of the latest).
