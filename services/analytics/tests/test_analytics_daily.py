@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from livedesk.analytics import daily, reports
 from livedesk.analytics.api import create_app
@@ -542,5 +543,7 @@ async def test_a_report_planned_on_a_day_that_changes_is_computed_again(
             await daily.mark_tenant_dirty(migrated, TENANT)
         return len(plans)
 
+    replans = REGISTRY.get_sample_value("livedesk_analytics_report_replans_total") or 0
     assert await reports._planned(migrated, RANGES[0], compute) == 2
     assert [len(p.clean) for p in plans] == [1, 0]
+    assert REGISTRY.get_sample_value("livedesk_analytics_report_replans_total") == replans + 1

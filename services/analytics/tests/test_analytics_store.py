@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client import REGISTRY
 
 from livedesk.analytics.errors import StoreError
 from livedesk.analytics.store import Store
@@ -92,6 +93,8 @@ async def test_readers_answer_while_the_store_is_busy(store: Store) -> None:
         assert await readers.query("SELECT 3") == [(3,)]
         assert not held.done()
         assert not waiting.done()  # the store's own calls stay in order behind the held one
+        assert _calls("writes") == 2
+        assert _calls("reads") == 0
     finally:
         release.set()
         await readers.close()
@@ -116,3 +119,7 @@ async def test_a_store_of_two_lanes_runs_two_calls_at_once(tmp_path: Path) -> No
     await store.close()
     with pytest.raises(ValueError, match="lane"):
         await Store.open(clickhouse_url=None, chdb_path=str(tmp_path / "chdb"), lanes=0)
+
+
+def _calls(store: str) -> float | None:
+    return REGISTRY.get_sample_value("livedesk_analytics_store_calls", {"store": store})

@@ -15,7 +15,9 @@ __all__ = [
     "REPORT_DAYS_REFRESHED",
     "REPORT_DAYS_STALE",
     "REPORT_REFRESH_SECONDS",
+    "REPORT_REPLANS",
     "REPORT_SECONDS",
+    "STORE_CALLS",
 ]
 
 EVENTS_INGESTED = Counter(
@@ -70,4 +72,16 @@ REPORT_REFRESH_SECONDS = Histogram(
     "livedesk_analytics_report_refresh_seconds",
     "Duration of one refresh round of the report days (its _count: rounds run).",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+REPORT_REPLANS = Counter(
+    "livedesk_analytics_report_replans_total",
+    "Reports computed again because something they read pre-aggregated changed while they"
+    " ran (a refresh, a batch changing an hour they read, an erasure, business hours).",
+)
+STORE_CALLS = Gauge(
+    "livedesk_analytics_store_calls",
+    "ClickHouse calls made and not yet returned, by store: writes (ingester, refresher,"
+    " settings: one lane) and reads (reports and search: REPORT_QUERY_CONCURRENCY lanes);"
+    " beyond the lanes they wait.",
+    ["store"],
 )

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from livedesk.analytics.metrics import REPORT_REPLANS
+
 T = TypeVar("T")
 
 if TYPE_CHECKING:
@@ -964,6 +966,7 @@ async def _planned(
         result = await compute(plan)
         if await _plan_still_holds(store, flt, plan):
             return result
+        REPORT_REPLANS.inc()
     return await compute(_plan(flt, ()))
 
 

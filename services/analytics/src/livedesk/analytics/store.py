@@ -30,6 +30,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from livedesk.analytics.errors import StoreError
+from livedesk.analytics.metrics import STORE_CALLS
 from livedesk.platform.errors import DependencyError
 from livedesk.platform.logging import get_logger
 
@@ -67,8 +68,10 @@ class Store:
         *,
         exclusive: bool = False,
         reopen: Callable[[int], Awaitable[Store]] | None = None,
+        name: str = "writes",
     ) -> None:
         self._lanes = list(lanes)
+        STORE_CALLS.labels(name).set_function(lambda: sum(lane.calls for lane in self._lanes))
         self._closed = False
         self._reopen = reopen
         self.target = target
@@ -77,11 +80,14 @@ class Store:
         """True when no other process can write this data (chDB: one process per directory)."""
 
     @classmethod
-    async def open(cls, *, clickhouse_url: str | None, chdb_path: str, lanes: int = 1) -> Store:
+    async def open(
+        cls, *, clickhouse_url: str | None, chdb_path: str, lanes: int = 1, name: str = "writes"
+    ) -> Store:
         """Connect to the server at ``clickhouse_url``, or start chDB in ``chdb_path``.
 
         With ``lanes`` above 1, that many clients, each with its own thread: up
         to ``lanes`` calls run at once, each on the lane with the fewest waiting.
+        ``name`` labels its calls in ``livedesk_analytics_store_calls``.
 
         Raises:
             DependencyError: the server did not answer, or chDB could not open its directory
@@ -109,9 +115,11 @@ class Store:
         log.info("store_opened", target=target, server_version=version, lanes=lanes)
 
         async def reopen(n: int) -> Store:
-            return await cls.open(clickhouse_url=clickhouse_url, chdb_path=chdb_path, lanes=n)
+            return await cls.open(
+                clickhouse_url=clickhouse_url, chdb_path=chdb_path, lanes=n, name="reads"
+            )
 
-        return cls(opened, target, exclusive=not clickhouse_url, reopen=reopen)
+        return cls(opened, target, exclusive=not clickhouse_url, reopen=reopen, name=name)
 
     async def open_readers(self, lanes: int) -> Store:
         """Another store on the same data with ``lanes`` lanes of its own (close it too).
