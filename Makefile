@@ -27,7 +27,9 @@ down: ## Stop a LiveDesk started with make up DETACH=1
 	tools/down.sh
 
 .PHONY: test
-test: install lint proto-check test-unit test-integration test-deploy test-isolated ## Everything CI checks
+# Each package's tests run once, in test-isolated (its own venv: what test-unit
+# runs in the shared one, plus the check that it declares what it imports).
+test: install lint proto-check test-isolated test-integration test-deploy ## Everything CI checks
 
 .PHONY: lint
 lint: ## ruff (lint + format check) and mypy --strict
